@@ -1,0 +1,1 @@
+"""The HTTP gateway: native job API, OpenAI-compatible API, auth, limits."""

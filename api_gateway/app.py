@@ -1,0 +1,41 @@
+"""The FastAPI application factory."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api_gateway import errors
+from api_gateway.limits import BodySizeLimit
+from api_gateway.routes import health, jobs, openai
+from api_gateway.settings import GatewaySettings, get_gateway_settings
+from jobs.context import JobsContext
+
+
+def create_app(
+    context: JobsContext | None = None, settings: GatewaySettings | None = None
+) -> FastAPI:
+    """The gateway app; the job context is built at startup unless one is given."""
+    settings = settings or get_gateway_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = context is None
+        app.state.context = context or JobsContext.create()
+        app.state.settings = settings
+        yield
+        if owned:
+            app.state.context.close()
+
+    app = FastAPI(
+        title="seekq",
+        version="0.1.0",
+        summary="Queue-native jobs for LLM workloads: native and OpenAI-compatible API",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(openai.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,90 @@
+"""HTTP status codes for seekq errors, chosen here at the edge and nowhere else.
+
+Every error body has the OpenAI shape {"error": {"message", "type", "param", "code"}} so
+the official `openai` package raises its usual exceptions. Messages never echo input.
+"""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobs.errors import (
+    AuthError,
+    BrokerUnavailableError,
+    ConfigError,
+    InvalidTransitionError,
+    JobFailedError,
+    JobTimeoutError,
+    JobNotFoundError,
+    ModelNotFoundError,
+    RetryableError,
+    SeekqError,
+    SpecError,
+)
+from jobs.service import IdempotencyConflictError
+
+# Most specific first: the first matching class decides.
+STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
+    (JobFailedError, 502, "job_failed"),
+    (JobTimeoutError, 503, "job_timeout"),
+    (IdempotencyConflictError, 409, "idempotency_conflict"),
+    (SpecError, 422, "invalid_request"),
+    (JobNotFoundError, 404, "not_found"),
+    (ModelNotFoundError, 404, "model_not_found"),
+    (InvalidTransitionError, 409, "invalid_state"),
+    (AuthError, 401, "invalid_api_key"),
+    (BrokerUnavailableError, 503, "broker_unavailable"),
+    (ConfigError, 503, "misconfigured"),
+    (RetryableError, 503, "unavailable"),
+)
+
+
+def error_body(message: str, code: str, param: str | None = None) -> dict[str, Any]:
+    kind = "invalid_request_error" if code not in {"invalid_api_key"} else "authentication_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def status_for(exc: SeekqError) -> tuple[int, str]:
+    for error_type, status, code in STATUS_BY_ERROR:
+        if isinstance(exc, error_type):
+            return status, code
+    return 500, "internal_error"
+
+
+async def on_seekq_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SeekqError)
+    status, code = status_for(exc)
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        headers["Retry-After"] = "5"
+    return JSONResponse(error_body(str(exc), code), status_code=status, headers=headers)
+
+
+async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return JSONResponse(error_body("request body is not valid JSON", "invalid_json"), 400)
+    parts = []
+    for error in errors[:20]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return JSONResponse(error_body("; ".join(parts), "invalid_request"), status_code=422)
+
+
+async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(
+        error_body(str(exc.detail), "http_error"), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(SeekqError, on_seekq_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)

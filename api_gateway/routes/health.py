@@ -1,0 +1,44 @@
+"""Liveness and readiness probes."""
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from api_gateway.deps import ContextDep
+from api_gateway.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+def readyz(context: ContextDep) -> JSONResponse:
+    """The database and the broker both answer."""
+    checks = {"database": _check_database(context), "broker": _check_broker(context)}
+    ready = all(value == "ok" for value in checks.values())
+    body = Health(status="ok" if ready else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def _check_database(context: ContextDep) -> str:
+    try:
+        with context.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+def _check_broker(context: ContextDep) -> str:
+    try:
+        context.redis.ping()
+    except RedisError as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"

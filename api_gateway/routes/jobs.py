@@ -1,0 +1,77 @@
+"""The native job API: submit, read, list, cancel; and the tenant's audit trail."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from api_gateway.deps import PrincipalDep, ServiceDep
+from api_gateway.schemas import JobCreate
+from jobs.errors import SpecError
+from jobs.records import AuditPage, JobPage, JobView
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+MAX_WAIT_S = 60.0
+
+
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
+def submit_job(
+    body: JobCreate,
+    who: PrincipalDep,
+    service: ServiceDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobView:
+    """Queue a job. Retrying with the same idempotency key returns the original job (200)."""
+    key = body.idempotency_key or idempotency_key
+    if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
+        raise SpecError("idempotency_key: the body and the Idempotency-Key header differ")
+    submitted = service.submit(
+        who, body.kind, body.spec, priority=body.priority, idempotency_key=key
+    )
+    if not submitted.created:
+        response.status_code = status.HTTP_200_OK
+    return submitted.job
+
+
+@router.get("/jobs/{job_id}", response_model=JobView)
+def get_job(
+    job_id: str,
+    who: PrincipalDep,
+    service: ServiceDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")] = 0,
+) -> JobView:
+    """A job of the caller's tenant; `wait` blocks until it is terminal or the time passes."""
+    if wait > 0:
+        return service.wait(who, job_id, wait)
+    return service.get(who, job_id)
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    who: PrincipalDep,
+    service: ServiceDep,
+    kind: Annotated[str | None, Query(max_length=32)] = None,
+    status_: Annotated[str | None, Query(alias="status", max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobPage:
+    """The caller's jobs, newest first; pass `next_cursor` back as `cursor` for more."""
+    return service.list_jobs(who, kind=kind, status=status_, limit=limit, cursor=cursor)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobView)
+def cancel_job(job_id: str, who: PrincipalDep, service: ServiceDep) -> JobView:
+    """Cancel a queued job at once, or ask a running one to stop (status `cancelling`)."""
+    return service.cancel(who, job_id)
+
+
+@router.get("/audit", response_model=AuditPage, tags=["audit"])
+def list_audit(
+    who: PrincipalDep,
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=32)] = None,
+) -> AuditPage:
+    """The caller's tenant's audit events (PII-masked inputs), newest first."""
+    return service.audit(who, limit=limit, cursor=cursor)

@@ -1,0 +1,89 @@
+"""Each job kind declared once: spec, result, queue, task name, time limit, PII fields.
+
+Routes, Celery tasks, routing, validation and masking are all derived from this table.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from jobs.errors import KindNotAvailableError, SpecError
+from jobs.registry import ModelKind
+from jobs.specs import EmbedResult, EmbedSpec, PingResult, PingSpec
+
+
+class JobKind(StrEnum):
+    EMBED = "embed"
+    GENERATE = "generate"
+    INDEX = "index"
+    SEARCH = "search"
+    FINETUNE = "finetune"
+    PING = "ping"
+
+
+@dataclass(frozen=True)
+class KindEntry:
+    kind: JobKind
+    spec_model: type[BaseModel]
+    result_model: type[BaseModel]
+    queue: str
+    time_limit_s: float
+    # Spec fields holding user text (a str or a list of str): masked before storing/queueing.
+    pii_fields: tuple[str, ...]
+    # The kind of model the spec's `model` field must name (None: the kind takes no model).
+    model_kind: ModelKind | None = None
+
+    @property
+    def task_name(self) -> str:
+        return f"seekq.{self.kind.value}"
+
+    @property
+    def soft_time_limit_s(self) -> float:
+        return self.time_limit_s * 0.9
+
+
+# Kinds with no entry yet are known (so the API can say so) but cannot be submitted.
+CATALOG: Mapping[JobKind, KindEntry] = {
+    JobKind.EMBED: KindEntry(
+        JobKind.EMBED, EmbedSpec, EmbedResult, "gpu.embed", 600.0, ("input",), ModelKind.EMBEDDING
+    ),
+    JobKind.PING: KindEntry(JobKind.PING, PingSpec, PingResult, "cpu.ping", 30.0, ("payload",)),
+}
+
+
+def get_entry(kind: JobKind | str) -> KindEntry:
+    """The catalog entry of `kind`; raises SpecError for unknown or not-yet-available kinds."""
+    try:
+        job_kind = JobKind(kind)
+    except ValueError:
+        known = ", ".join(k.value for k in JobKind)
+        raise SpecError(f"unknown job kind; expected one of: {known}") from None
+    entry = CATALOG.get(job_kind)
+    if entry is None:
+        raise KindNotAvailableError(f"job kind '{job_kind.value}' is not available in this release")
+    return entry
+
+
+def queues() -> list[str]:
+    return sorted({entry.queue for entry in CATALOG.values()})
+
+
+def parse_spec(entry: KindEntry, raw: Mapping[str, Any]) -> BaseModel:
+    """Validate a raw (JSON-decoded) spec; the error never echoes the submitted values."""
+    try:
+        return entry.spec_model.model_validate(raw)
+    except PydanticValidationError as exc:
+        raise SpecError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: PydanticValidationError) -> str:
+    """A precise message naming each field and problem, without any input value."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "spec"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts[:20])

@@ -1,0 +1,62 @@
+"""Everything a process needs to produce or run jobs, built once from settings."""
+
+import os
+import socket
+from dataclasses import dataclass
+
+from celery import Celery
+from redis import Redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.keys import KeyStore
+from jobs.lifecycle import Lifecycle
+from jobs.notify import JobEvents
+from jobs.pii import PiiMasker
+from jobs.queue import CeleryPublisher, make_celery
+from jobs.registry import ModelRegistry
+from jobs.service import JobService
+from jobs.settings import JobsSettings, derive_key, get_jobs_settings, load_secret_key
+from storage.db import make_engine, make_session_factory
+from storage.settings import StorageSettings, get_storage_settings
+
+
+@dataclass
+class JobsContext:
+    settings: JobsSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    celery: Celery
+    redis: Redis
+    events: JobEvents
+    models: ModelRegistry
+    service: JobService
+    keys: KeyStore
+
+    @classmethod
+    def create(
+        cls, settings: JobsSettings | None = None, storage: StorageSettings | None = None
+    ) -> "JobsContext":
+        settings = settings or get_jobs_settings()
+        storage = storage or get_storage_settings()
+        secret = load_secret_key(settings, storage)
+        engine = make_engine(storage.resolved_database_url(), pool_size=storage.pool_size)
+        sessions = make_session_factory(engine)
+        celery = make_celery(settings)
+        redis = Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
+        events = JobEvents(redis)
+        models = ModelRegistry()
+        masker = PiiMasker(derive_key(secret, "pii"))
+        service = JobService(
+            sessions, CeleryPublisher(celery), masker, events, derive_key(secret, "request"), models
+        )
+        keys = KeyStore(sessions, derive_key(secret, "api-key"))
+        return cls(settings, engine, sessions, celery, redis, events, models, service, keys)
+
+    def lifecycle(self, worker: str | None = None) -> Lifecycle:
+        name = worker or f"{socket.gethostname()}:{os.getpid()}"
+        return Lifecycle(self.sessions, self.events, self.settings.lease_s, name)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.engine.dispose()

@@ -1,0 +1,75 @@
+"""The one error tree of seekq.
+
+    SeekqError
+    ├── PermanentError            retrying cannot help; the job (or request) fails
+    │   ├── SpecError             a spec or request is malformed or out of bounds
+    │   │   └── KindNotAvailableError   a known kind with no runner in this release
+    │   ├── JobNotFoundError      no such job for this tenant
+    │   ├── InvalidTransitionError  a status change the state machine forbids
+    │   ├── ModelNotFoundError    the model is not in the registry / not loaded here
+    │   ├── AuthError             missing, malformed, unknown or revoked API key
+    │   ├── JobFailedError        the job a synchronous call waited for failed
+    │   └── ConfigError           settings that cannot work (placeholder secret, bad URL)
+    ├── RetryableError            a transient failure; the same call may succeed later
+    │   ├── BrokerUnavailableError  Redis could not take the message
+    │   └── JobTimeoutError       the job a synchronous call waited for is not done yet
+    └── JobCancelledError         a runner stopped because its job's cancel was requested
+
+HTTP status codes are chosen at the edge (api_gateway), never here.
+"""
+
+
+class SeekqError(Exception):
+    """Base class of every error seekq raises on purpose."""
+
+
+class PermanentError(SeekqError):
+    """Retrying the same input cannot succeed."""
+
+
+class RetryableError(SeekqError):
+    """A transient failure: the same call may succeed later."""
+
+
+class SpecError(PermanentError):
+    """A job spec or request is malformed or out of bounds."""
+
+
+class KindNotAvailableError(SpecError):
+    """The job kind is known but has no runner in this release."""
+
+
+class JobNotFoundError(PermanentError):
+    """No job with this id exists for this tenant."""
+
+
+class InvalidTransitionError(PermanentError):
+    """The requested status change is not allowed from the current status."""
+
+
+class ModelNotFoundError(PermanentError):
+    """The named model is not registered (or not loaded by this worker)."""
+
+
+class AuthError(PermanentError):
+    """The API key is missing, malformed, unknown or revoked."""
+
+
+class ConfigError(PermanentError):
+    """Settings that cannot work: a placeholder secret, an unusable URL."""
+
+
+class BrokerUnavailableError(RetryableError):
+    """The broker did not accept the message; the job row is kept and can be re-dispatched."""
+
+
+class JobCancelledError(SeekqError):
+    """A runner stopped early because the job's cancel was requested (or its lease lost)."""
+
+
+class JobFailedError(PermanentError):
+    """The job behind a synchronous call (e.g. /v1/embeddings) failed."""
+
+
+class JobTimeoutError(RetryableError):
+    """The job behind a synchronous call did not finish in time; it goes on running."""

@@ -1,0 +1,87 @@
+"""Tenants and API keys: keys are `sq_<id>_<secret>`, stored as HMAC-SHA256 of the secret."""
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.errors import AuthError, SpecError
+from storage.repos import ApiKeyRepo, TenantRepo
+from storage.tables import ApiKeyRow, TenantRow
+
+KEY_PATTERN = re.compile(r"^sq_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant the key belongs to, and the key's id (the actor)."""
+
+    tenant_id: str
+    tenant_name: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class NewKey:
+    tenant: str
+    key_id: str
+    secret: str  # the full key, shown once and never stored
+
+
+class KeyStore:
+    def __init__(self, sessions: sessionmaker[Session], hash_key: bytes) -> None:
+        self.sessions = sessions
+        self.hash_key = hash_key
+
+    def create(self, tenant: str, name: str = "default") -> NewKey:
+        """Create `tenant` if needed and a new key for it."""
+        if not TENANT_PATTERN.match(tenant):
+            raise SpecError("tenant names are 1-64 characters of a-z, 0-9, '_' and '-'")
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        with self.sessions.begin() as session:
+            row = self._tenant(session, tenant)
+            ApiKeyRepo(session).add(
+                ApiKeyRow(id=key_id, tenant_id=row.id, name=name, secret_hash=self._hash(secret))
+            )
+        return NewKey(tenant=tenant, key_id=key_id, secret=f"sq_{key_id}_{secret}")
+
+    def authenticate(self, token: str) -> Principal:
+        match = KEY_PATTERN.match(token)
+        if match is None:
+            raise AuthError("malformed API key")
+        key_id, secret = match.groups()
+        with self.sessions() as session:
+            row = ApiKeyRepo(session).find(key_id)
+            tenant = session.get(TenantRow, row.tenant_id) if row else None
+        valid = row is not None and hmac.compare_digest(row.secret_hash, self._hash(secret))
+        if not valid or row is None or tenant is None:
+            raise AuthError("unknown API key")
+        if row.revoked_at is not None:
+            raise AuthError("revoked API key")
+        return Principal(tenant_id=tenant.id, tenant_name=tenant.name, key_id=key_id)
+
+    def revoke(self, key_id: str) -> bool:
+        with self.sessions.begin() as session:
+            row = ApiKeyRepo(session).find(key_id)
+            if row is None or row.revoked_at is not None:
+                return False
+            row.revoked_at = datetime.now(UTC)
+            return True
+
+    def _tenant(self, session: Session, name: str) -> TenantRow:
+        repo = TenantRepo(session)
+        row = repo.find_by_name(name)
+        if row is None:
+            row = TenantRow(id=str(uuid.uuid4()), name=name)
+            repo.add(row)
+            session.flush()
+        return row
+
+    def _hash(self, secret: str) -> str:
+        return hmac.new(self.hash_key, secret.encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,147 @@
+"""The worker side of a job: claim, renew the lease, finish. Every write is fenced.
+
+A claim moves queued -> running (or takes over a running job whose lease expired) and
+bumps the attempt; every later write names that attempt, so a stale attempt can never
+overwrite a newer one. A job that is already terminal is left alone, which makes a
+redelivered message a no-op.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.errors import RetryableError
+from jobs.notify import JobEvents
+from jobs.status import ALLOWED, JobStatus, is_terminal
+from storage.repos import JobRepo
+from storage.tables import JobRow
+
+log = logging.getLogger(__name__)
+
+# The statuses a finishing write may come from: a cancel requested mid-run still lets the
+# attempt record its outcome (as cancelled).
+LIVE = (JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    kind: str
+    tenant_id: str
+    attempt: int
+    spec: dict[str, Any]
+
+
+class LeaseHeldError(RetryableError):
+    """Another attempt holds a live lease on the job; try again after `retry_in_s`."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(f"job is running elsewhere; retry in {retry_in_s:.1f}s")
+        self.retry_in_s = retry_in_s
+
+
+class Lifecycle:
+    def __init__(
+        self, sessions: sessionmaker[Session], events: JobEvents, lease_s: float, worker: str
+    ) -> None:
+        self.sessions = sessions
+        self.events = events
+        self.lease_s = lease_s
+        self.worker = worker
+
+    def claim(self, job_id: str) -> Claim | None:
+        """The claimed job, or None when there is nothing to run (terminal, unknown)."""
+        now = datetime.now(UTC)
+        with self.sessions.begin() as session:
+            repo = JobRepo(session)
+            claimed = repo.update_where(
+                job_id,
+                statuses=[JobStatus.QUEUED.value],
+                expired_lease_statuses=[JobStatus.RUNNING.value],
+                now=now,
+                values={
+                    "status": JobStatus.RUNNING.value,
+                    "attempt": JobRow.attempt + 1,
+                    "lease_expires_at": now + timedelta(seconds=self.lease_s),
+                    "started_at": func.coalesce(JobRow.started_at, now),
+                    "worker": self.worker,
+                },
+            )
+            row = repo.find(job_id)
+        if row is None:
+            log.warning("message for an unknown job dropped", extra={"job_id": job_id})
+            return None
+        if claimed:
+            return Claim(row.id, row.kind, row.tenant_id, row.attempt, row.spec)
+        return self._not_claimed(row, now)
+
+    def _not_claimed(self, row: JobRow, now: datetime) -> None:
+        status = JobStatus(row.status)
+        if is_terminal(status):
+            log.info("job already %s; message ignored", status.value, extra={"job_id": row.id})
+            return None
+        lease = row.lease_expires_at
+        if status is JobStatus.CANCELLING and (lease is None or lease < now):
+            self._end(row.id, row.attempt, JobStatus.CANCELLED, {})
+            return None
+        retry_in_s = (lease - now).total_seconds() if lease else self.lease_s
+        raise LeaseHeldError(max(0.5, retry_in_s))
+
+    def renew(self, claim: Claim) -> bool:
+        """Extend the lease; False when the attempt lost the job or a cancel was requested."""
+        until = datetime.now(UTC) + timedelta(seconds=self.lease_s)
+        with self.sessions.begin() as session:
+            return JobRepo(session).update_where(
+                claim.job_id,
+                statuses=[JobStatus.RUNNING.value],
+                attempt=claim.attempt,
+                values={"lease_expires_at": until},
+            )
+
+    def succeed(self, claim: Claim, result: dict[str, Any]) -> JobStatus | None:
+        """Store the result; a job whose cancel was requested ends cancelled (result kept)."""
+        values = {"result": result, "error_type": None, "error_message": None}
+        if self._end(claim.job_id, claim.attempt, JobStatus.SUCCEEDED, values):
+            return JobStatus.SUCCEEDED
+        if self._end(claim.job_id, claim.attempt, JobStatus.CANCELLED, values):
+            return JobStatus.CANCELLED
+        log.warning("stale attempt %d: result dropped", claim.attempt, extra={"job_id": claim.job_id})
+        return None
+
+    def fail(self, claim: Claim, error_type: str, message: str) -> bool:
+        values = {"error_type": error_type[:64], "error_message": message[:2000]}
+        return self._end(claim.job_id, claim.attempt, JobStatus.FAILED, values)
+
+    def cancelled(self, claim: Claim) -> bool:
+        """The runner stopped on a cancel request: record the job as cancelled."""
+        return self._end(claim.job_id, claim.attempt, JobStatus.CANCELLED, {})
+
+    def release(self, claim: Claim) -> bool:
+        """Give a running job back to the queue (a retryable failure); the caller republishes."""
+        with self.sessions.begin() as session:
+            return JobRepo(session).update_where(
+                claim.job_id,
+                statuses=[JobStatus.RUNNING.value],
+                attempt=claim.attempt,
+                values={"status": JobStatus.QUEUED.value, "lease_expires_at": None},
+            )
+
+    def _end(self, job_id: str, attempt: int, status: JobStatus, values: dict[str, Any]) -> bool:
+        """A terminal write from whichever live status allows it, then a notice."""
+        sources = [s for s in LIVE if status in ALLOWED[JobStatus(s)]]
+        if status is JobStatus.SUCCEEDED:
+            sources = [JobStatus.RUNNING.value]  # a cancelling job ends cancelled instead
+        now = datetime.now(UTC)
+        final = {**values, "status": status.value, "finished_at": now, "lease_expires_at": None}
+        with self.sessions.begin() as session:
+            ended = JobRepo(session).update_where(
+                job_id, statuses=sources, attempt=attempt, values=final
+            )
+        if ended:
+            self.events.announce(job_id, status.value)
+        return ended
+

@@ -1,0 +1,66 @@
+"""Celery producer configuration: JSON only, late acks, one queue per kind.
+
+Messages carry a job id and nothing else; SQL holds the spec and the result.
+"""
+
+from typing import Any, Protocol
+
+from celery import Celery
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from jobs.catalog import CATALOG, KindEntry
+from jobs.errors import BrokerUnavailableError
+from jobs.settings import JobsSettings
+
+
+def celery_config(settings: JobsSettings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        # Fail a publish within ~1 s when Redis is down instead of hanging the request.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "task_routes": {entry.task_name: {"queue": entry.queue} for entry in CATALOG.values()},
+        "task_default_queue": "cpu.ping",
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_celery(settings: JobsSettings) -> Celery:
+    app = Celery("seekq", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class Publisher(Protocol):
+    """Puts a job id on its kind's queue."""
+
+    def publish(self, entry: KindEntry, job_id: str) -> None: ...
+
+
+class CeleryPublisher:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def publish(self, entry: KindEntry, job_id: str) -> None:
+        try:
+            self.app.send_task(entry.task_name, args=[job_id], queue=entry.queue)
+        except (KombuError, RedisError, OSError) as exc:
+            raise BrokerUnavailableError(f"broker unavailable: {type(exc).__name__}") from None

@@ -1,0 +1,310 @@
+"""Submit, read, list and cancel jobs: the producer side of the job lifecycle.
+
+Submit masks PII first, writes the job row and its audit event in ONE transaction,
+commits, and only then publishes the job id.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import re
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.catalog import KindEntry, get_entry, parse_spec
+from jobs.errors import JobNotFoundError, SpecError
+from jobs.keys import Principal
+from jobs.notify import JobEvents
+from jobs.pii import POLICY_VERSION, PiiMasker
+from jobs.queue import Publisher
+from jobs.registry import ModelRegistry
+from jobs.records import AuditPage, AuditView, JobPage, JobView
+from jobs.status import JobStatus, check_transition, is_terminal
+from storage.repos import AuditRepo, JobPageQuery, JobRepo
+from storage.tables import AuditEventRow, JobRow
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAX_PAGE = 200
+
+
+class IdempotencyConflictError(SpecError):
+    """The idempotency key was used before for a different request."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: JobView
+    created: bool  # False: an idempotent replay returned the original job
+
+
+class JobService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        publisher: Publisher,
+        masker: PiiMasker,
+        events: JobEvents,
+        request_key: bytes,
+        models: ModelRegistry,
+    ) -> None:
+        self.sessions = sessions
+        self.publisher = publisher
+        self.masker = masker
+        self.events = events
+        self.request_key = request_key
+        self.models = models
+
+    def submit(
+        self,
+        who: Principal,
+        kind: str,
+        spec: Mapping[str, Any],
+        *,
+        priority: int = 5,
+        idempotency_key: str | None = None,
+    ) -> Submitted:
+        entry = get_entry(kind)
+        parsed = parse_spec(entry, spec)
+        if entry.model_kind is not None:
+            self.models.get(getattr(parsed, "model"), entry.model_kind)
+        _check_priority(priority)
+        request_hash = self._request_hash(entry, parsed, priority)
+        if idempotency_key is not None:
+            _check_idempotency_key(idempotency_key)
+            replay = self._replay(who, idempotency_key, request_hash)
+            if replay is not None:
+                return replay
+        row, counts = self._new_row(who, entry, parsed, priority, idempotency_key, request_hash)
+        try:
+            self._commit_new(who, row, counts)
+        except IntegrityError:
+            # A concurrent submit with the same idempotency key won the race.
+            replay = self._replay(who, idempotency_key or "", request_hash)
+            if replay is None:
+                raise
+            return replay
+        self._dispatch(entry, row)
+        return Submitted(job=JobView.from_row(row), created=True)
+
+    def get(self, who: Principal, job_id: str) -> JobView:
+        with self.sessions() as session:
+            return JobView.from_row(self._row(session, who, job_id))
+
+    def wait(self, who: Principal, job_id: str, timeout_s: float) -> JobView:
+        """The job once terminal, or as it stands when `timeout_s` passes."""
+        self.get(who, job_id)  # 404 before waiting
+
+        def done() -> bool:
+            return is_terminal(JobStatus(self.get(who, job_id).status))
+
+        self.events.wait(job_id, done, timeout_s)
+        return self.get(who, job_id)
+
+    def list_jobs(
+        self,
+        who: Principal,
+        *,
+        kind: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        query = JobPageQuery(
+            tenant_id=who.tenant_id,
+            limit=_check_limit(limit),
+            kind=get_entry(kind).kind.value if kind else None,
+            status=_parse_status(status) if status else None,
+            before=_decode_job_cursor(cursor) if cursor else None,
+        )
+        with self.sessions() as session:
+            rows = JobRepo(session).page(query)
+        next_cursor = _encode_job_cursor(rows[-1]) if len(rows) == query.limit else None
+        return JobPage(data=[JobView.from_row(r) for r in rows], next_cursor=next_cursor)
+
+    def cancel(self, who: Principal, job_id: str) -> JobView:
+        with self.sessions.begin() as session:
+            row = self._row(session, who, job_id)
+            current = JobStatus(row.status)
+            if current is JobStatus.CANCELLING:
+                return JobView.from_row(row)
+            target = JobStatus.CANCELLED if current is JobStatus.QUEUED else JobStatus.CANCELLING
+            check_transition(current, target)
+            now = datetime.now(UTC)
+            values: dict[str, Any] = {"status": target.value, "cancel_requested_at": now}
+            if target is JobStatus.CANCELLED:
+                values["finished_at"] = now
+            if not JobRepo(session).update_where(job_id, statuses=[current.value], values=values):
+                raise SpecError("the job changed status while being cancelled; retry")
+            AuditRepo(session).add(self._audit(who, job_id, "job.cancel_requested", {}, {}))
+        if target is JobStatus.CANCELLED:
+            self.events.announce(job_id, target.value)
+        return self.get(who, job_id)
+
+    def audit(self, who: Principal, *, limit: int = 50, cursor: str | None = None) -> AuditPage:
+        before = _decode_int_cursor(cursor) if cursor else None
+        with self.sessions() as session:
+            rows = AuditRepo(session).page(who.tenant_id, _check_limit(limit), before)
+        next_cursor = str(rows[-1].id) if len(rows) == limit else None
+        return AuditPage(data=[AuditView.from_row(r) for r in rows], next_cursor=next_cursor)
+
+    def _row(self, session: Session, who: Principal, job_id: str) -> JobRow:
+        row = JobRepo(session).find(job_id, tenant_id=who.tenant_id) if _is_uuid(job_id) else None
+        if row is None:
+            raise JobNotFoundError("no such job")
+        return row
+
+    def _new_row(
+        self,
+        who: Principal,
+        entry: KindEntry,
+        parsed: BaseModel,
+        priority: int,
+        idempotency_key: str | None,
+        request_hash: str,
+    ) -> tuple[JobRow, dict[str, int]]:
+        masked, counts = mask_spec(entry, parsed, self.masker)
+        row = JobRow(
+            id=str(uuid.uuid4()),
+            tenant_id=who.tenant_id,
+            kind=entry.kind.value,
+            status=JobStatus.QUEUED.value,
+            priority=priority,
+            actor=who.key_id,
+            spec=masked,
+            attempt=0,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            created_at=datetime.now(UTC),
+        )
+        return row, counts
+
+    def _commit_new(self, who: Principal, row: JobRow, counts: dict[str, int]) -> None:
+        with self.sessions.begin() as session:
+            JobRepo(session).add(row)
+            session.flush()  # the job row first: the audit event references it
+            AuditRepo(session).add(self._audit(who, row.id, "job.submitted", row.spec, counts))
+
+    def _dispatch(self, entry: KindEntry, row: JobRow) -> None:
+        """Publish after commit; a failure leaves the job queued with dispatched_at unset."""
+        self.publisher.publish(entry, row.id)
+        now = datetime.now(UTC)
+        with self.sessions.begin() as session:
+            JobRepo(session).update_where(
+                row.id, statuses=[s.value for s in JobStatus], values={"dispatched_at": now}
+            )
+        row.dispatched_at = now
+
+    def _replay(self, who: Principal, key: str, request_hash: str) -> Submitted | None:
+        with self.sessions() as session:
+            row = JobRepo(session).find_by_idempotency_key(who.tenant_id, key)
+        if row is None:
+            return None
+        if not hmac.compare_digest(row.request_hash or "", request_hash):
+            raise IdempotencyConflictError("idempotency key already used for a different request")
+        if row.dispatched_at is None and row.status == JobStatus.QUEUED.value:
+            self._dispatch(get_entry(row.kind), row)
+        return Submitted(job=JobView.from_row(row), created=False)
+
+    def _request_hash(self, entry: KindEntry, parsed: BaseModel, priority: int) -> str:
+        # Keyed, so the stored hash reveals nothing about the (unmasked) request.
+        body = {"kind": entry.kind.value, "spec": parsed.model_dump(mode="json"), "p": priority}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return hmac.new(self.request_key, canonical, hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def _audit(
+        who: Principal, job_id: str, action: str, masked: dict[str, Any], counts: dict[str, int]
+    ) -> AuditEventRow:
+        return AuditEventRow(
+            tenant_id=who.tenant_id,
+            job_id=job_id,
+            actor=who.key_id,
+            action=action,
+            masked_input=masked,
+            entity_counts=counts,
+            policy_version=POLICY_VERSION,
+            created_at=datetime.now(UTC),
+        )
+
+
+def mask_spec(
+    entry: KindEntry, parsed: BaseModel, masker: PiiMasker
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The spec as JSON with every PII field masked, and the entity counts by type."""
+    data = parsed.model_dump(mode="json")
+    counts: Counter[str] = Counter()
+    for field in entry.pii_fields:
+        value = data.get(field)
+        if isinstance(value, str):
+            masked = masker.mask(value)
+            data[field], found = masked.text, masked.counts
+        elif isinstance(value, list):
+            data[field], found = masker.mask_many(value)
+        else:
+            continue
+        counts.update(found)
+    return data, dict(counts)
+
+
+def _parse_status(status: str) -> str:
+    try:
+        return JobStatus(status).value
+    except ValueError:
+        known = ", ".join(s.value for s in JobStatus)
+        raise SpecError(f"status: expected one of: {known}") from None
+
+
+def _check_priority(priority: int) -> None:
+    if type(priority) is not int or not 0 <= priority <= 9:
+        raise SpecError("priority: must be an integer from 0 (lowest) to 9 (highest)")
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not IDEMPOTENCY_KEY_PATTERN.match(key):
+        raise SpecError("idempotency_key: 1-255 printable ASCII characters without spaces")
+
+
+def _check_limit(limit: int) -> int:
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise SpecError(f"limit: must be an integer from 1 to {MAX_PAGE}")
+    return limit
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _encode_job_cursor(row: JobRow) -> str:
+    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_job_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise SpecError("cursor: not a cursor returned by this API") from None
+
+
+def _decode_int_cursor(cursor: str) -> int:
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise SpecError("cursor: not a cursor returned by this API")
+    return int(cursor)

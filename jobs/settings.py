@@ -1,0 +1,72 @@
+"""Settings of the job domain, read from SEEKQ_* environment variables."""
+
+import hashlib
+import hmac
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobs.errors import ConfigError
+from storage.settings import StorageSettings
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "password", "seekq"}
+MIN_SECRET_CHARS = 32
+
+
+class JobsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEEKQ_", extra="ignore")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Keys the PII fingerprints and the API-key hashes. Unset with SQLite: generated once
+    # into the data dir (0600). Unset with any other database: refused.
+    secret_key: SecretStr | None = None
+    # Redis redelivers an unacked message after this long; a long job keeps its SQL lease.
+    visibility_timeout_s: int = Field(default=3600, ge=1)
+    lease_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+
+
+@lru_cache
+def get_jobs_settings() -> JobsSettings:
+    return JobsSettings()
+
+
+def load_secret_key(settings: JobsSettings, storage: StorageSettings) -> bytes:
+    """The server secret: from SEEKQ_SECRET_KEY, or a generated file for embedded setups."""
+    if settings.secret_key is not None:
+        return _checked(settings.secret_key.get_secret_value())
+    if not storage.uses_sqlite:
+        raise ConfigError("SEEKQ_SECRET_KEY must be set when SEEKQ_DATABASE_URL is not SQLite")
+    return _checked(_read_or_create(storage.data_dir / "secret.key"))
+
+
+def derive_key(secret: bytes, purpose: str) -> bytes:
+    """A sub-key per purpose, so one leaked use cannot be replayed for another."""
+    return hmac.new(secret, f"seekq/{purpose}".encode(), hashlib.sha256).digest()
+
+
+def _checked(value: str) -> bytes:
+    if value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_CHARS:
+        raise ConfigError(
+            f"SEEKQ_SECRET_KEY must be a random value of at least {MIN_SECRET_CHARS} characters"
+        )
+    return value.encode()
+
+
+def _read_or_create(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    # O_EXCL: two processes starting together agree on the first file written.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value

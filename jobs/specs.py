@@ -1,0 +1,50 @@
+"""Spec (input) and result models of each job kind.
+
+Specs are strict: unknown fields are refused, `true` is not an integer, `"1"` is not a
+number and NaN/Infinity are not floats. Sizes are bounded here so that every entry point
+(HTTP, CLI, Python producer) gets the same limits.
+"""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(:[A-Za-z0-9][A-Za-z0-9._\-]{0,127})?$"
+MAX_EMBED_INPUTS = 2048
+MAX_TEXT_CHARS = 32_768
+MAX_PING_CHARS = 1024
+
+ModelName = Annotated[str, Field(min_length=1, max_length=257, pattern=MODEL_NAME_PATTERN)]
+EmbedText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class EmbedSpec(StrictModel):
+    """Embed a list of texts with a sentence-embedding model."""
+
+    model: ModelName = DEFAULT_EMBED_MODEL
+    input: list[EmbedText] = Field(min_length=1, max_length=MAX_EMBED_INPUTS)
+    normalize: bool = True
+
+
+class EmbedResult(StrictModel):
+    model: str
+    dimensions: int
+    vectors: list[list[float]]
+    prompt_tokens: int
+    # Tokens per input, in input order (after truncation to the model's maximum length).
+    token_counts: list[int]
+
+
+class PingSpec(StrictModel):
+    """A model-free canary: exercises submit → SQL → Redis → worker → SQL."""
+
+    payload: str = Field(default="", max_length=MAX_PING_CHARS)
+
+
+class PingResult(StrictModel):
+    payload: str

@@ -1,0 +1,47 @@
+"""Job statuses and the only place where a status may change."""
+
+from enum import StrEnum
+
+from jobs.errors import InvalidTransitionError
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+# RUNNING -> RUNNING is a takeover: a new attempt after the previous holder's lease expired.
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.RUNNING,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLING,
+            JobStatus.QUEUED,
+        }
+    ),
+    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.SUCCEEDED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def check_transition(current: JobStatus, new: JobStatus) -> None:
+    """Raise InvalidTransitionError unless `current -> new` is allowed."""
+    if new not in ALLOWED[current]:
+        raise InvalidTransitionError(f"a {current.value} job cannot become {new.value}")
+
+
+def is_terminal(status: JobStatus) -> bool:
+    return status in TERMINAL

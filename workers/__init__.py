@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks over runners, the model pool, backends."""

@@ -1,0 +1,96 @@
+"""The Celery worker application: one thin task per job kind, derived from the catalog.
+
+The model pool and the job context are built in `worker_process_init` (once per worker
+process, after any fork) and passed to every task; nothing heavy happens at import.
+"""
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+
+from jobs.catalog import CATALOG, KindEntry
+from jobs.context import JobsContext
+from jobs.errors import RetryableError
+from jobs.lifecycle import LeaseHeldError
+from jobs.queue import make_celery
+from jobs.settings import get_jobs_settings
+from workers.execution import execute
+from workers.pool import ModelPool
+from workers.runners import RUNNERS
+from workers.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+
+READY_MESSAGE = "seekq worker ready"
+
+
+class WorkerState:
+    """What a worker process holds between tasks; filled in by `start`."""
+
+    def __init__(self) -> None:
+        self.context: JobsContext | None = None
+        self.pool: ModelPool | None = None
+
+    def start(self, **_: Any) -> None:
+        settings = get_worker_settings()
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        self.context = JobsContext.create()
+        self.pool = ModelPool(self.context.models, settings)
+        self.pool.preload()
+
+    def stop(self, **_: Any) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        if self.context is not None:
+            self.context.close()
+
+    def require(self) -> tuple[JobsContext, ModelPool]:
+        if self.context is None or self.pool is None:
+            raise RuntimeError("worker process was not initialised (worker_process_init)")
+        return self.context, self.pool
+
+
+def create_worker_app() -> Celery:
+    app = make_celery(get_jobs_settings())
+    state = WorkerState()
+    for entry in CATALOG.values():
+        _register(app, entry, state)
+    worker_process_init.connect(state.start, weak=False)
+    worker_process_shutdown.connect(state.stop, weak=False)
+    worker_ready.connect(lambda **_: log.warning(READY_MESSAGE), weak=False)
+    return app
+
+
+def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
+    runner = RUNNERS[entry.kind]
+
+    def run(task: Task, job_id: str) -> str | None:
+        context, pool = state.require()
+        lifecycle = context.lifecycle(task.request.hostname)
+        try:
+            outcome = execute(
+                job_id, entry, runner, lifecycle, pool, context.settings.max_attempts
+            )
+        except LeaseHeldError as exc:
+            raise task.retry(countdown=exc.retry_in_s, max_retries=None) from None
+        except RetryableError:
+            backoff_s = min(60, 2 ** task.request.retries)
+            raise task.retry(countdown=backoff_s, max_retries=None) from None
+        return outcome.status.value if outcome.status else None
+
+    app.task(
+        run,
+        name=entry.task_name,
+        bind=True,
+        acks_late=True,
+        time_limit=entry.time_limit_s,
+        soft_time_limit=entry.soft_time_limit_s,
+    )
+
+
+app = create_worker_app()

@@ -1,0 +1,103 @@
+"""Hugging Face transformers embedding backend: mean pooling, length-sorted token batches.
+
+Equivalent to sentence-transformers' Transformer + mean Pooling + Normalize pipeline, but
+batched by a token budget rather than a fixed count: texts are sorted longest first (as
+sentence-transformers does) so that each padded batch wastes little compute.
+"""
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from jobs.errors import ConfigError, JobCancelledError
+from workers.backends import Embeddings
+
+DEFAULT_MAX_SEQ_LENGTH = 512
+
+
+class HFEmbedder:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_length: int,
+        batch_tokens: int,
+        max_batch: int,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens
+        self.max_batch = max_batch
+        self.dimensions = int(model.config.hidden_size)
+
+    def embed(
+        self, texts: Sequence[str], normalize: bool, should_stop: Callable[[], bool]
+    ) -> Embeddings:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        counts = [len(row) for row in ids]
+        vectors: list[list[float]] = [[] for _ in texts]
+        for batch in token_batches(counts, self.batch_tokens, self.max_batch):
+            if should_stop():
+                raise JobCancelledError("stopped between batches")
+            for index, vector in zip(batch, self._forward([ids[i] for i in batch], normalize)):
+                vectors[index] = vector
+        return Embeddings(vectors=vectors, token_counts=counts)
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[list[int]], normalize: bool) -> list[list[float]]:
+        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        padded = {k: v.to(self.model.device) for k, v in padded.items()}
+        hidden = self.model(**padded).last_hidden_state
+        mask = padded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        result: list[list[float]] = pooled.float().cpu().tolist()
+        return result
+
+    def close(self) -> None:
+        del self.model
+
+
+def token_batches(lengths: Sequence[int], budget: int, max_batch: int) -> Iterator[list[int]]:
+    """Indices grouped longest first so that each padded batch holds <= `budget` tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for index in order:
+        # Sorted descending: the batch's first entry is its padded length.
+        padded = lengths[batch[0]] if batch else lengths[index]
+        if batch and ((len(batch) + 1) * padded > budget or len(batch) >= max_batch):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def load_hf_embedder(path: Path, *, device: str, batch_tokens: int, max_batch: int) -> HFEmbedder:
+    if not any(path.glob("*.safetensors")):
+        raise ConfigError(f"model directory {path.name!r} has no .safetensors weights")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+    model.to(device).eval()
+    return HFEmbedder(
+        model,
+        tokenizer,
+        max_length=_max_seq_length(path, tokenizer),
+        batch_tokens=batch_tokens,
+        max_batch=max_batch,
+    )
+
+
+def _max_seq_length(path: Path, tokenizer: PreTrainedTokenizerBase) -> int:
+    """sentence-transformers' max_seq_length when the folder has one, else the tokenizer's."""
+    config = path / "sentence_bert_config.json"
+    if config.exists():
+        return int(json.loads(config.read_text())["max_seq_length"])
+    limit = getattr(tokenizer, "model_max_length", DEFAULT_MAX_SEQ_LENGTH)
+    return min(int(limit), DEFAULT_MAX_SEQ_LENGTH)

@@ -1,0 +1,24 @@
+"""Worker settings, read from SEEKQ_* environment variables."""
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEEKQ_", extra="ignore")
+
+    # "cpu", or "cuda" once `--gpu N` has pinned the process to one device.
+    device: str = "cpu"
+    # One forward pass holds at most this many (padded) tokens, and this many texts.
+    embed_batch_tokens: int = Field(default=8192, ge=256)
+    embed_max_batch: int = Field(default=128, ge=1, le=4096)
+    # Loaded in worker_process_init so the first job does not pay for it.
+    preload_models: list[str] = ["all-MiniLM-L6-v2"]
+    torch_threads: int | None = Field(default=None, ge=1)
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()
