@@ -73,7 +73,7 @@ class Lifecycle:
             )
             row = repo.find(job_id)
         if row is None:
-            log.warning("message for an unknown job dropped", extra={"job_id": job_id})
+            log.warning("message for an unknown job dropped job_id=%s", job_id)
             return None
         if claimed:
             return Claim(row.id, row.kind, row.tenant_id, row.attempt, row.spec)
@@ -82,7 +82,7 @@ class Lifecycle:
     def _not_claimed(self, row: JobRow, now: datetime) -> None:
         status = JobStatus(row.status)
         if is_terminal(status):
-            log.info("job already %s; message ignored", status.value, extra={"job_id": row.id})
+            log.info("job already %s; message ignored job_id=%s", status.value, row.id)
             return None
         lease = row.lease_expires_at
         if status is JobStatus.CANCELLING and (lease is None or lease < now):
@@ -109,7 +109,7 @@ class Lifecycle:
             return JobStatus.SUCCEEDED
         if self._end(claim.job_id, claim.attempt, JobStatus.CANCELLED, values):
             return JobStatus.CANCELLED
-        log.warning("stale attempt %d: result dropped", claim.attempt, extra={"job_id": claim.job_id})
+        log.warning("stale attempt %d: result dropped job_id=%s", claim.attempt, claim.job_id)
         return None
 
     def fail(self, claim: Claim, error_type: str, message: str) -> bool:

@@ -29,7 +29,7 @@ class JobEvents:
         try:
             self.redis.publish(channel(job_id), status)
         except RedisError as exc:
-            log.warning("job notice not sent", extra={"job_id": job_id, "error": str(exc)})
+            log.warning("job notice not sent job_id=%s error=%s", job_id, type(exc).__name__)
 
     def wait(self, job_id: str, is_done: Callable[[], bool], timeout_s: float) -> bool:
         """Block until `is_done()` is true or the timeout passes; returns the last answer."""

