@@ -1,8 +1,8 @@
 """A small synchronous HTTP client for the seekq gateway.
 
-    client = SeekqClient("http://127.0.0.1:8000", api_key="sq_...")
-    job = client.submit("embed", {"input": ["hello"]})
-    job = client.wait(job["id"])
+client = SeekqClient("http://127.0.0.1:8000", api_key="sq_...")
+job = client.submit("embed", {"input": ["hello"]})
+job = client.wait(job["id"])
 """
 
 import time

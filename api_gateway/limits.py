@@ -1,5 +1,6 @@
 """A request-body size limit enforced while the body streams in (ASGI middleware)."""
 
+import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,10 +42,8 @@ class BodySizeLimit:
             if not refused:
                 await send(message)
 
-        try:
+        with contextlib.suppress(BodyTooLargeError):
             await self.app(scope, limited_receive, guarded_send)
-        except BodyTooLargeError:
-            pass
 
     async def _refuse(self, send: Send) -> None:
         message = f"request body larger than {self.max_bytes} bytes"

@@ -77,17 +77,18 @@ class Lifecycle:
             return None
         if claimed:
             return Claim(row.id, row.kind, row.tenant_id, row.attempt, row.spec)
-        return self._not_claimed(row, now)
+        self._not_claimed(row, now)
+        return None
 
     def _not_claimed(self, row: JobRow, now: datetime) -> None:
         status = JobStatus(row.status)
         if is_terminal(status):
             log.info("job already %s; message ignored job_id=%s", status.value, row.id)
-            return None
+            return
         lease = row.lease_expires_at
         if status is JobStatus.CANCELLING and (lease is None or lease < now):
             self._end(row.id, row.attempt, JobStatus.CANCELLED, {})
-            return None
+            return
         retry_in_s = (lease - now).total_seconds() if lease else self.lease_s
         raise LeaseHeldError(max(0.5, retry_in_s))
 
@@ -144,4 +145,3 @@ class Lifecycle:
         if ended:
             self.events.announce(job_id, status.value)
         return ended
-

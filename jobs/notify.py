@@ -34,7 +34,7 @@ class JobEvents:
     def wait(self, job_id: str, is_done: Callable[[], bool], timeout_s: float) -> bool:
         """Block until `is_done()` is true or the timeout passes; returns the last answer."""
         try:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             pubsub.subscribe(channel(job_id))
         except RedisError:
             return _poll(is_done, timeout_s)

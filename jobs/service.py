@@ -28,8 +28,8 @@ from jobs.keys import Principal
 from jobs.notify import JobEvents
 from jobs.pii import POLICY_VERSION, PiiMasker
 from jobs.queue import Publisher
-from jobs.registry import ModelRegistry
 from jobs.records import AuditPage, AuditView, JobPage, JobView
+from jobs.registry import ModelRegistry
 from jobs.status import JobStatus, check_transition, is_terminal
 from storage.repos import AuditRepo, JobPageQuery, JobRepo
 from storage.tables import AuditEventRow, JobRow
@@ -79,7 +79,7 @@ class JobService:
         entry = get_entry(kind)
         parsed = parse_spec(entry, spec)
         if entry.model_kind is not None:
-            self.models.get(getattr(parsed, "model"), entry.model_kind)
+            self.models.get(str(getattr(parsed, "model", "")), entry.model_kind)
         _check_priority(priority)
         request_hash = self._request_hash(entry, parsed, priority)
         if idempotency_key is not None:

@@ -32,7 +32,11 @@ def submit_command(
     """Submit a job."""
     with _client(url, api_key) as client:
         job = _call(
-            client.submit, kind, _load_spec(spec), priority=priority, idempotency_key=idempotency_key
+            client.submit,
+            kind,
+            _load_spec(spec),
+            priority=priority,
+            idempotency_key=idempotency_key,
         )
         if wait > 0:
             job = _call(client.wait, job["id"], wait)
@@ -57,7 +61,9 @@ def jobs_list(
         return
     table = Table("id", "kind", "status", "attempts", "created")
     for job in page["data"]:
-        table.add_row(job["id"], job["kind"], job["status"], str(job["attempts"]), job["created_at"])
+        table.add_row(
+            job["id"], job["kind"], job["status"], str(job["attempts"]), job["created_at"]
+        )
     console.print(table)
     if page["next_cursor"]:
         console.print(f"more: --cursor {page['next_cursor']}")
@@ -98,8 +104,9 @@ def audit_table(events: list[dict[str, Any]]) -> Table:
     for event in events:
         counts = ", ".join(f"{k}={v}" for k, v in event["entity_counts"].items()) or "-"
         masked = json.dumps(event["masked_input"], ensure_ascii=False)
-        table.add_row(event["created_at"][:19], event["action"], event["job_id"] or "-",
-                      counts, masked[:300])
+        table.add_row(
+            event["created_at"][:19], event["action"], event["job_id"] or "-", counts, masked[:300]
+        )
     return table
 
 
@@ -107,8 +114,9 @@ def _show_job(job: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(job, indent=2))
         return
-    console.print(f"[bold]{job['id']}[/] {job['kind']} [cyan]{job['status']}[/]"
-                  f" attempts={job['attempts']}")
+    console.print(
+        f"[bold]{job['id']}[/] {job['kind']} [cyan]{job['status']}[/] attempts={job['attempts']}"
+    )
     if job.get("error"):
         console.print(f"[red]error[/] {job['error']['type']}: {job['error']['message']}")
     if job.get("result"):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.tables import ApiKeyRow, AuditEventRow, JobRow, TenantRow
@@ -113,7 +113,7 @@ class JobRepo:
         The row matches when its status is in `statuses`, or in `expired_lease_statuses`
         with a lease that expired before `now`; and, if given, its attempt is `attempt`.
         """
-        condition = JobRow.status.in_(list(statuses))
+        condition: ColumnElement[bool] = JobRow.status.in_(list(statuses))
         if expired_lease_statuses:
             assert now is not None, "expired_lease_statuses needs now"
             expired = and_(

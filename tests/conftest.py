@@ -29,7 +29,9 @@ from storage.settings import StorageSettings
 from workers.app import READY_MESSAGE
 
 REDIS_URL = os.environ.get("SEEKQ_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-POSTGRES_URL = os.environ.get("SEEKQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "SEEKQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 TEST_SECRET = "test-secret-" + "x" * 40
 # Redis databases 10-15 belong to the tests; each stack flushes its own before use.
 REDIS_DB = {"sqlite": 10, "postgresql": 11}
@@ -136,7 +138,9 @@ def stack_env(database_url: str, redis_db: int, data_dir: Path, **extra: str) ->
 
 def make_context(database_url: str, redis_db: int, **settings: object) -> JobsContext:
     jobs_settings = JobsSettings(
-        broker_url=redis_url(redis_db), secret_key=TEST_SECRET, **settings  # type: ignore[arg-type]
+        broker_url=redis_url(redis_db),
+        secret_key=TEST_SECRET,
+        **settings,  # type: ignore[arg-type]
     )
     return JobsContext.create(jobs_settings, StorageSettings(database_url=database_url))
 

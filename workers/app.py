@@ -73,13 +73,11 @@ def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
         context, pool = state.require()
         lifecycle = context.lifecycle(task.request.hostname)
         try:
-            outcome = execute(
-                job_id, entry, runner, lifecycle, pool, context.settings.max_attempts
-            )
+            outcome = execute(job_id, entry, runner, lifecycle, pool, context.settings.max_attempts)
         except LeaseHeldError as exc:
             raise task.retry(countdown=exc.retry_in_s, max_retries=None) from None
         except RetryableError:
-            backoff_s = min(60, 2 ** task.request.retries)
+            backoff_s = min(60, 2**task.request.retries)
             raise task.retry(countdown=backoff_s, max_retries=None) from None
         return outcome.status.value if outcome.status else None
 

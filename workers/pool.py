@@ -30,7 +30,9 @@ class ModelPool:
     def embedder(self, name: str) -> Embedder:
         """The loaded embedder for `name`; the first call in a process loads it."""
         if name not in self._embedders:
-            self._embedders[name] = self._load_embedder(self.registry.get(name, ModelKind.EMBEDDING))
+            self._embedders[name] = self._load_embedder(
+                self.registry.get(name, ModelKind.EMBEDDING)
+            )
         return self._embedders[name]
 
     def _load_embedder(self, entry: ModelEntry) -> Embedder:

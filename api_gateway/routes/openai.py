@@ -22,6 +22,7 @@ from jobs.catalog import JobKind
 from jobs.errors import JobFailedError, JobTimeoutError, SpecError
 from jobs.records import JobView
 from jobs.registry import ModelEntry
+from jobs.specs import EmbedResult
 from jobs.status import JobStatus
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -39,21 +40,21 @@ def create_embeddings(
     job = service.submit(who, JobKind.EMBED.value, spec, priority=INTERACTIVE_PRIORITY).job
     job = service.wait(who, job.id, settings.wait_timeout_s)
     result = _result_of(job)
-    if body.dimensions is not None and body.dimensions != result["dimensions"]:
-        raise SpecError(f"dimensions: model '{body.model}' only produces {result['dimensions']}")
+    if body.dimensions is not None and body.dimensions != result.dimensions:
+        raise SpecError(f"dimensions: model '{body.model}' only produces {result.dimensions}")
     data = [
         EmbeddingData(index=i, embedding=_encode(vector, body.encoding_format))
-        for i, vector in enumerate(result["vectors"])
+        for i, vector in enumerate(result.vectors)
     ]
-    tokens = int(result["prompt_tokens"])
+    tokens = result.prompt_tokens
     return EmbeddingsResponse(
         data=data, model=body.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
     )
 
 
-def _result_of(job: JobView) -> dict[str, object]:
+def _result_of(job: JobView) -> EmbedResult:
     if job.status == JobStatus.SUCCEEDED.value and job.result is not None:
-        return job.result
+        return EmbedResult.model_validate(job.result)
     if job.status == JobStatus.FAILED.value:
         error_type = job.error.type if job.error else "unknown"
         raise JobFailedError(f"job {job.id} failed ({error_type})")

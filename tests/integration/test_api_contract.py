@@ -68,7 +68,9 @@ RAW_BAD_BODIES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "raw", "status"), RAW_BAD_BODIES, ids=[c[0] for c in RAW_BAD_BODIES])
+@pytest.mark.parametrize(
+    ("case", "raw", "status"), RAW_BAD_BODIES, ids=[c[0] for c in RAW_BAD_BODIES]
+)
 def test_malformed_bodies(stack: Stack, case: str, raw: bytes, status: int) -> None:
     before = count_rows(stack)
     with stack.http() as http:
@@ -84,7 +86,8 @@ def test_oversized_body_is_413(stack: Stack) -> None:
     with stack.http() as http:
         response = http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
         chunked = http.post(
-            "/v1/jobs", content=iter([body[:1_000_000]] * 5),
+            "/v1/jobs",
+            content=iter([body[:1_000_000]] * 5),
             headers={"content-type": "application/json"},
         )
     assert response.status_code == 413
@@ -148,7 +151,8 @@ def test_idempotency_key_returns_the_original_job(stack: Stack) -> None:
         again = http.post("/v1/jobs", json=body)
         conflict = http.post("/v1/jobs", json={**body, "spec": {"payload": "different"}})
         by_header = http.post(
-            "/v1/jobs", json={"kind": "ping", "spec": {"payload": "once"}},
+            "/v1/jobs",
+            json={"kind": "ping", "spec": {"payload": "once"}},
             headers={"Idempotency-Key": key},
         )
     assert first.status_code == 202
@@ -189,7 +193,15 @@ def test_health_readiness_and_openapi(stack: Stack) -> None:
     ready = httpx.get(f"{stack.url}/readyz").json()
     assert ready == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
     schema = httpx.get(f"{stack.url}/openapi.json").json()
-    for path in ["/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/audit",
-                 "/v1/embeddings", "/v1/models", "/healthz", "/readyz"]:
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/audit",
+        "/v1/embeddings",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+    ]:
         assert path in schema["paths"], path
     assert httpx.get(f"{stack.url}/docs").status_code == 200

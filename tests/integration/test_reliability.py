@@ -72,8 +72,11 @@ def test_kill_9_mid_job_then_restart_completes_exactly_once(
     stack: Stack, crash_context: JobsContext
 ) -> None:
     env = stack_env(
-        stack.database_url, stack.redis_db + 2, stack.tmp,
-        SEEKQ_LEASE_S="2", SEEKQ_VISIBILITY_TIMEOUT_S="3",
+        stack.database_url,
+        stack.redis_db + 2,
+        stack.tmp,
+        SEEKQ_LEASE_S="2",
+        SEEKQ_VISIBILITY_TIMEOUT_S="3",
     )
     texts = [f"document {i}: " + "words about queues and workers " * 40 for i in range(400)]
     who = crash_context.keys.authenticate(crash_context.keys.create("crash").secret)
@@ -144,7 +147,7 @@ def dump_redis(db: int) -> str:
 def dump_sql(stack: Stack) -> str:
     with stack.context.engine.connect() as connection:
         return "\n".join(
-            repr(list(connection.execute(text(f"SELECT * FROM {table}"))))  # noqa: S608
+            repr(list(connection.execute(text(f"SELECT * FROM {table}"))))
             for table in ("tenants", "api_keys", "jobs", "audit_events")
         )
 

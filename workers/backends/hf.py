@@ -44,7 +44,9 @@ class HFEmbedder:
         for batch in token_batches(counts, self.batch_tokens, self.max_batch):
             if should_stop():
                 raise JobCancelledError("stopped between batches")
-            for index, vector in zip(batch, self._forward([ids[i] for i in batch], normalize)):
+            for index, vector in zip(
+                batch, self._forward([ids[i] for i in batch], normalize), strict=True
+            ):
                 vectors[index] = vector
         return Embeddings(vectors=vectors, token_counts=counts)
 
