@@ -103,6 +103,12 @@ class Lifecycle:
                 values={"lease_expires_at": until},
             )
 
+    def holds(self, claim: Claim) -> bool:
+        """True while this attempt still runs the job (no cancel requested, not taken over)."""
+        with self.sessions() as session:
+            row = JobRepo(session).find(claim.job_id)
+        return row is not None and row.status == JobStatus.RUNNING and row.attempt == claim.attempt
+
     def succeed(self, claim: Claim, result: dict[str, Any]) -> JobStatus | None:
         """Store the result; a job whose cancel was requested ends cancelled (result kept)."""
         values = {"result": result, "error_type": None, "error_message": None}

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -153,6 +154,6 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except SeekqAPIError as exc:
         console.print(f"[red]{exc.status} {exc.code}[/]: {exc.message}")
         raise typer.Exit(1) from None
-    except OSError as exc:
+    except (httpx.TransportError, OSError) as exc:
         console.print(f"[red]cannot reach the gateway[/]: {type(exc).__name__}")
         raise typer.Exit(1) from None

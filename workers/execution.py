@@ -5,6 +5,7 @@ Plain functions and objects, so tests can drive them without Celery.
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -19,16 +20,25 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Renews the job's lease from a thread; a failed renewal asks the runner to stop."""
+    """Renews the job's lease from a thread and tells the runner when to stop: a failed
+    renewal, or a cancel request seen when the runner asks (at most once a second)."""
 
-    def __init__(self, lifecycle: Lifecycle, claim: Claim) -> None:
+    def __init__(self, lifecycle: Lifecycle, claim: Claim, check_every_s: float = 1.0) -> None:
         self.lifecycle = lifecycle
         self.claim = claim
+        self.check_every_s = check_every_s
         self.stop_requested = threading.Event()
+        self._last_check = time.monotonic()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease", daemon=True)
 
     def should_stop(self) -> bool:
+        """Called by runners between units of work (batches, decoding steps)."""
+        now = time.monotonic()
+        if not self.stop_requested.is_set() and now - self._last_check >= self.check_every_s:
+            self._last_check = now
+            if not self.lifecycle.holds(self.claim):
+                self.stop_requested.set()
         return self.stop_requested.is_set()
 
     def __enter__(self) -> "LeaseKeeper":

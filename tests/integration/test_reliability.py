@@ -78,7 +78,7 @@ def test_kill_9_mid_job_then_restart_completes_exactly_once(
         SEEKQ_LEASE_S="2",
         SEEKQ_VISIBILITY_TIMEOUT_S="3",
     )
-    texts = [f"document {i}: " + "words about queues and workers " * 40 for i in range(400)]
+    texts = [f"document {i}: " + "words about queues and workers " * 40 for i in range(250)]
     who = crash_context.keys.authenticate(crash_context.keys.create("crash").secret)
     first = WorkerProcess(env, stack.tmp / "crash-worker.log", queues="gpu.embed").start()
     try:
@@ -181,3 +181,30 @@ def test_raw_pii_reaches_no_redis_sql_or_log(stack: Stack, test_log) -> None:  #
         assert content, f"{where} is empty: the check would prove nothing"
         for raw in RAW_VALUES:
             assert raw not in content, f"raw PII {raw!r} found in {where}"
+
+
+def test_cancel_queued_and_running_jobs(stack: Stack, crash_context: JobsContext) -> None:
+    env = stack_env(
+        stack.database_url, stack.redis_db + 2, stack.tmp, SEEKQ_EMBED_BATCH_TOKENS="2048"
+    )
+    who = crash_context.keys.authenticate(crash_context.keys.create("canceller").secret)
+    # No worker yet: the job waits in the queue and is cancelled there.
+    queued = crash_context.service.submit(who, "embed", {"input": ["never run"]}).job
+    assert crash_context.service.cancel(who, queued.id).status == "cancelled"
+    texts = [f"text {i}: " + "a long sentence about cancellation " * 30 for i in range(600)]
+    worker = WorkerProcess(env, stack.tmp / "cancel-worker.log", queues="gpu.embed").start()
+    try:
+        job = crash_context.service.submit(who, "embed", {"input": texts}).job
+        wait_for_status(crash_context, job.id, "running", 60)
+        assert crash_context.service.cancel(who, job.id).status == "cancelling"
+        done = crash_context.service.wait(who, job.id, timeout_s=60)
+        after = crash_context.service.submit(who, "embed", {"input": ["still serving"]}).job
+        served = crash_context.service.wait(who, after.id, timeout_s=60)
+    finally:
+        worker.stop()
+    assert done.status == "cancelled" and done.result is None
+    assert done.cancel_requested_at is not None and done.finished_at is not None
+    assert served.status == "succeeded"
+    log = worker.log()
+    assert f"message ignored job_id={queued.id}" in log
+    assert f"job cancelled mid-run job_id={job.id}" in log
