@@ -26,7 +26,8 @@ def test_cli_keys_submit_jobs_audit(stack: Stack) -> None:
     assert created.returncode == 0, created.stderr
     env["SEEKQ_API_KEY"] = json.loads(created.stdout)["api_key"]
 
-    submitted = seekq(env, "submit", "ping", '{"payload": "from the cli"}', "--wait", "30", "--json")
+    spec = '{"payload": "from the cli"}'
+    submitted = seekq(env, "submit", "ping", spec, "--wait", "30", "--json")
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
     assert job["status"] == "succeeded" and job["result"] == {"payload": "from the cli"}
