@@ -202,9 +202,7 @@ class JobService:
         self.publisher.publish(entry, row.id)
         now = datetime.now(UTC)
         with self.sessions.begin() as session:
-            JobRepo(session).update_where(
-                row.id, statuses=[s.value for s in JobStatus], values={"dispatched_at": now}
-            )
+            JobRepo(session).mark_dispatched(row.id, now)
         row.dispatched_at = now
 
     def _replay(self, who: Principal, key: str, request_hash: str) -> Submitted | None:

@@ -98,6 +98,9 @@ class JobRepo:
         order = (JobRow.created_at.desc(), JobRow.id.desc())
         return self.session.scalars(query.order_by(*order).limit(q.limit)).all()
 
+    def mark_dispatched(self, job_id: str, when: datetime) -> None:
+        self.session.execute(update(JobRow).where(JobRow.id == job_id).values(dispatched_at=when))
+
     def update_where(
         self,
         job_id: str,

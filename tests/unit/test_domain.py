@@ -157,3 +157,21 @@ def test_token_batches_respect_budget_and_sort_longest_first() -> None:
         assert padded * len(batch) <= 256 or len(batch) == 1
     assert batches[0] == [6]  # the 250-token text alone: a second would exceed the budget
     assert [lengths[i] for i in batches[1]] == [100, 60]
+
+
+def test_gpu_pinning_sets_cuda_visible_devices_before_torch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import typer
+
+    from seekq.worker_command import _pin_gpu
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SEEKQ_DEVICE", raising=False)
+    _pin_gpu(1, "solo")
+    import os
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert os.environ["SEEKQ_DEVICE"] == "cuda"
+    with pytest.raises(typer.BadParameter, match="CUDA-safe"):
+        _pin_gpu(0, "prefork")
+    with pytest.raises(typer.BadParameter):
+        _pin_gpu(-1, "solo")

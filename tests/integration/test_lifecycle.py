@@ -1,0 +1,106 @@
+"""The worker-side lifecycle against a real database: claims, leases, fenced writes."""
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from jobs.context import JobsContext
+from jobs.keys import Principal
+from jobs.lifecycle import LeaseHeldError
+from jobs.status import JobStatus
+from tests.conftest import Stack, flush_redis, make_context, redis_url
+
+
+@pytest.fixture
+def quiet_context(stack: Stack) -> Iterator[JobsContext]:
+    """A broker database no worker consumes: the test plays the worker itself."""
+    db = stack.redis_db + 2
+    flush_redis(db)
+    context = make_context(stack.database_url, db)
+    yield context
+    context.close()
+
+
+def principal(context: JobsContext) -> Principal:
+    return context.keys.authenticate(context.keys.create("lifecycle").secret)
+
+
+def test_takeover_after_lease_expiry_fences_the_stale_attempt(quiet_context: JobsContext) -> None:
+    who = principal(quiet_context)
+    job = quiet_context.service.submit(who, "ping", {"payload": "p"}).job
+    first = quiet_context.lifecycle("worker-a")
+    first.lease_s = 0.3
+    second = quiet_context.lifecycle("worker-b")
+
+    claim_a = first.claim(job.id)
+    assert claim_a is not None and claim_a.attempt == 1
+    with pytest.raises(LeaseHeldError) as held:
+        second.claim(job.id)
+    assert 0 < held.value.retry_in_s <= 0.5
+    assert first.renew(claim_a)
+    time.sleep(0.5)  # worker-a stops renewing: its lease expires
+
+    claim_b = second.claim(job.id)
+    assert claim_b is not None and claim_b.attempt == 2
+    assert not first.renew(claim_a)
+    assert not first.holds(claim_a) and second.holds(claim_b)
+    assert first.succeed(claim_a, {"payload": "stale"}) is None
+    assert second.succeed(claim_b, {"payload": "fresh"}) is JobStatus.SUCCEEDED
+    assert second.claim(job.id) is None  # terminal: a redelivery does nothing
+
+    final = quiet_context.service.get(who, job.id)
+    assert final.status == "succeeded" and final.result == {"payload": "fresh"}
+    assert final.attempts == 2
+
+
+def test_cancel_while_running_ends_cancelled(quiet_context: JobsContext) -> None:
+    who = principal(quiet_context)
+    job = quiet_context.service.submit(who, "ping", {"payload": "p"}).job
+    worker = quiet_context.lifecycle("worker-a")
+    claim = worker.claim(job.id)
+    assert claim is not None
+    assert quiet_context.service.cancel(who, job.id).status == "cancelling"
+    assert not worker.holds(claim)  # what the runner's should_stop() sees
+    assert not worker.renew(claim)
+    assert worker.succeed(claim, {"payload": "late"}) is JobStatus.CANCELLED
+    assert quiet_context.service.get(who, job.id).status == "cancelled"
+
+
+def test_retryable_release_requeues_and_failure_is_recorded(quiet_context: JobsContext) -> None:
+    who = principal(quiet_context)
+    job = quiet_context.service.submit(who, "ping", {"payload": "p"}).job
+    worker = quiet_context.lifecycle("worker-a")
+    claim = worker.claim(job.id)
+    assert claim is not None and worker.release(claim)
+    assert quiet_context.service.get(who, job.id).status == "queued"
+    again = worker.claim(job.id)
+    assert again is not None and again.attempt == 2
+    assert worker.fail(again, "ModelNotFoundError", "no embedding model named 'x'")
+    failed = quiet_context.service.get(who, job.id)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.type == "ModelNotFoundError"
+
+
+def test_broker_down_at_submit_keeps_the_job_and_replay_dispatches(
+    stack: Stack, quiet_context: JobsContext
+) -> None:
+    from jobs.errors import BrokerUnavailableError
+
+    who = principal(quiet_context)
+    down = make_context(stack.database_url, 0)
+    down.celery.conf.broker_url = "redis://127.0.0.1:1/0"
+    try:
+        with pytest.raises(BrokerUnavailableError):
+            down.service.submit(who, "ping", {"payload": "p"}, idempotency_key="outage-1")
+    finally:
+        down.close()
+    stored = quiet_context.service.list_jobs(who).data[0]
+    assert stored.status == "queued" and stored.idempotency_key == "outage-1"
+    broker = redis.Redis.from_url(redis_url(stack.redis_db + 2))
+    assert broker.llen("cpu.ping") == 0
+    replay = quiet_context.service.submit(who, "ping", {"payload": "p"}, idempotency_key="outage-1")
+    assert not replay.created and replay.job.id == stored.id
+    assert broker.llen("cpu.ping") == 1  # the replay published the id the outage lost
+    assert quiet_context.lifecycle("w").claim(stored.id) is not None
