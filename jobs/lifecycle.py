@@ -58,7 +58,7 @@ class Lifecycle:
         now = datetime.now(UTC)
         with self.sessions.begin() as session:
             repo = JobRepo(session)
-            claimed = repo.update_where(
+            claimed = repo.update_returning(
                 job_id,
                 statuses=[JobStatus.QUEUED.value],
                 expired_lease_statuses=[JobStatus.RUNNING.value],
@@ -70,13 +70,14 @@ class Lifecycle:
                     "started_at": func.coalesce(JobRow.started_at, now),
                     "worker": self.worker,
                 },
+                returning=(JobRow.kind, JobRow.tenant_id, JobRow.attempt, JobRow.spec),
             )
-            row = repo.find(job_id)
+            row = None if claimed else repo.find(job_id)
+        if claimed is not None:
+            return Claim(job_id, claimed.kind, claimed.tenant_id, claimed.attempt, claimed.spec)
         if row is None:
             log.warning("message for an unknown job dropped job_id=%s", job_id)
             return None
-        if claimed:
-            return Claim(row.id, row.kind, row.tenant_id, row.attempt, row.spec)
         self._not_claimed(row, now)
         return None
 
@@ -106,8 +107,8 @@ class Lifecycle:
     def holds(self, claim: Claim) -> bool:
         """True while this attempt still runs the job (no cancel requested, not taken over)."""
         with self.sessions() as session:
-            row = JobRepo(session).find(claim.job_id)
-        return row is not None and row.status == JobStatus.RUNNING and row.attempt == claim.attempt
+            state = JobRepo(session).find_state(claim.job_id)
+        return state == (JobStatus.RUNNING.value, claim.attempt)
 
     def succeed(self, claim: Claim, result: dict[str, Any]) -> JobStatus | None:
         """Store the result; a job whose cancel was requested ends cancelled (result kept)."""

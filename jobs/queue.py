@@ -26,7 +26,9 @@ def celery_config(settings: JobsSettings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_send_sent_event": True,
+        # No task-sent events: one more Redis publish per submit, and Flower cannot show
+        # queued work anyway (SQL can: GET /v1/jobs?status=queued). Workers do send events.
+        "task_send_sent_event": False,
         "worker_send_task_events": True,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "broker_connection_retry_on_startup": True,

@@ -105,13 +105,20 @@ class JobService:
 
     def wait(self, who: Principal, job_id: str, timeout_s: float) -> JobView:
         """The job once terminal, or as it stands when `timeout_s` passes."""
-        self.get(who, job_id)  # 404 before waiting
+        self._status(who, job_id)  # 404 before waiting
 
         def done() -> bool:
-            return is_terminal(JobStatus(self.get(who, job_id).status))
+            return is_terminal(self._status(who, job_id))
 
         self.events.wait(job_id, done, timeout_s)
         return self.get(who, job_id)
+
+    def _status(self, who: Principal, job_id: str) -> JobStatus:
+        with self.sessions() as session:
+            state = JobRepo(session).find_state(job_id, who.tenant_id) if _is_uuid(job_id) else None
+        if state is None:
+            raise JobNotFoundError("no such job")
+        return JobStatus(state[0])
 
     def list_jobs(
         self,
@@ -198,12 +205,9 @@ class JobService:
             AuditRepo(session).add(self._audit(who, row.id, "job.submitted", row.spec, counts))
 
     def _dispatch(self, entry: KindEntry, row: JobRow) -> None:
-        """Publish after commit; a failure leaves the job queued with dispatched_at unset."""
+        """Publish after commit. A failure leaves the job queued; publishing it again later
+        is always safe, since a second message for a claimed or finished job does nothing."""
         self.publisher.publish(entry, row.id)
-        now = datetime.now(UTC)
-        with self.sessions.begin() as session:
-            JobRepo(session).mark_dispatched(row.id, now)
-        row.dispatched_at = now
 
     def _replay(self, who: Principal, key: str, request_hash: str) -> Submitted | None:
         with self.sessions() as session:
@@ -212,7 +216,8 @@ class JobService:
             return None
         if not hmac.compare_digest(row.request_hash or "", request_hash):
             raise IdempotencyConflictError("idempotency key already used for a different request")
-        if row.dispatched_at is None and row.status == JobStatus.QUEUED.value:
+        if row.status == JobStatus.QUEUED.value:
+            # Its first publish may have failed (broker down): the replay re-publishes.
             self._dispatch(get_entry(row.kind), row)
         return Submitted(job=JobView.from_row(row), created=False)
 

@@ -5,6 +5,9 @@ number and NaN/Infinity are not floats. Sizes are bounded here so that every ent
 (HTTP, CLI, Python producer) gets the same limits.
 """
 
+import base64
+import sys
+from array import array
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,10 +37,21 @@ class EmbedSpec(StrictModel):
 class EmbedResult(StrictModel):
     model: str
     dimensions: int
-    vectors: list[list[float]]
+    # One string per input, in input order: the vector as little-endian float32, base64
+    # (OpenAI's encoding_format="base64"). Exact, and a quarter of the size of JSON floats.
+    vectors_base64: list[str]
     prompt_tokens: int
     # Tokens per input, in input order (after truncation to the model's maximum length).
     token_counts: list[int]
+
+
+def decode_vector(encoded: str) -> list[float]:
+    """A `vectors_base64` entry as floats."""
+    values = array("f")
+    values.frombytes(base64.b64decode(encoded))
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
 
 
 class PingSpec(StrictModel):

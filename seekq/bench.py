@@ -40,6 +40,7 @@ from sqlalchemy import func, select
 from jobs.context import JobsContext
 from jobs.keys import Principal
 from jobs.settings import JobsSettings
+from jobs.specs import decode_vector
 from jobs.status import TERMINAL, JobStatus
 from seekq.embedded import EmbeddedStack, free_port
 from storage.settings import StorageSettings
@@ -553,7 +554,7 @@ def queue_embed(harness: Harness, chunks: Sequence[list[str]]) -> EmbedRun:
     results = [harness.context.service.get(harness.who, job_id).result for job_id in ids]
     elapsed = time.perf_counter() - started
     check_succeeded(harness, ids)
-    vectors = [v for result in results if result for v in result["vectors"]]
+    vectors = [decode_vector(v) for result in results if result for v in result["vectors_base64"]]
     counts = [c for result in results if result for c in result["token_counts"]]
     return EmbedRun(len(vectors) / elapsed, vectors, counts)
 

@@ -125,9 +125,9 @@ def _show_job(job: dict[str, Any], as_json: bool) -> None:
 
 
 def _summarise(result: dict[str, Any]) -> str:
-    shown = {k: v for k, v in result.items() if k != "vectors"}
-    if "vectors" in result:
-        shown["vectors"] = f"{len(result['vectors'])} x {result.get('dimensions')}"
+    shown = {k: v for k, v in result.items() if k != "vectors_base64"}
+    if "vectors_base64" in result:
+        shown["vectors"] = f"{len(result['vectors_base64'])} x {result.get('dimensions')}"
     return json.dumps(shown, ensure_ascii=False)
 
 

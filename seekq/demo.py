@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api_gateway.client import SeekqClient
+from jobs.specs import decode_vector
 from seekq.client_commands import audit_table
 from seekq.embedded import EmbeddedStack, free_port
 
@@ -56,7 +57,8 @@ def _results_table(jobs: list[dict[str, object]]) -> Table:
     for job in jobs:
         result = job.get("result") or {}
         assert isinstance(result, dict)
-        vector = result.get("vectors", [[None]])[0]
+        encoded = result.get("vectors_base64")
+        vector = decode_vector(encoded[0]) if encoded else [None]
         spec = job["spec"]
         assert isinstance(spec, dict)
         table.add_row(

@@ -9,5 +9,8 @@ def configure(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
     # Third-party chatter at INFO adds nothing an operator needs.
-    for noisy in ("httpx", "urllib3", "filelock", "transformers"):
+    # Celery's per-task "received"/"succeeded" lines repeat seekq's own job lines (which
+    # carry the job id) and cost ~1 ms per task on a solo worker.
+    quiet = ("celery.app.trace", "celery.worker.strategy")
+    for noisy in ("httpx", "urllib3", "filelock", "transformers", *quiet):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, and_, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Row, Update, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.tables import ApiKeyRow, AuditEventRow, JobRow, TenantRow
@@ -98,8 +98,13 @@ class JobRepo:
         order = (JobRow.created_at.desc(), JobRow.id.desc())
         return self.session.scalars(query.order_by(*order).limit(q.limit)).all()
 
-    def mark_dispatched(self, job_id: str, when: datetime) -> None:
-        self.session.execute(update(JobRow).where(JobRow.id == job_id).values(dispatched_at=when))
+    def find_state(self, job_id: str, tenant_id: str | None = None) -> tuple[str, int] | None:
+        """(status, attempt) without loading the spec or the result."""
+        query = select(JobRow.status, JobRow.attempt).where(JobRow.id == job_id)
+        if tenant_id is not None:
+            query = query.where(JobRow.tenant_id == tenant_id)
+        row = self.session.execute(query).first()
+        return (row.status, row.attempt) if row else None
 
     def update_where(
         self,
@@ -116,16 +121,42 @@ class JobRepo:
         The row matches when its status is in `statuses`, or in `expired_lease_statuses`
         with a lease that expired before `now`; and, if given, its attempt is `attempt`.
         """
-        condition: ColumnElement[bool] = JobRow.status.in_(list(statuses))
-        if expired_lease_statuses:
-            assert now is not None, "expired_lease_statuses needs now"
-            expired = and_(
-                JobRow.status.in_(list(expired_lease_statuses)), JobRow.lease_expires_at < now
-            )
-            condition = or_(condition, expired)
-        query = update(JobRow).where(JobRow.id == job_id, condition)
-        if attempt is not None:
-            query = query.where(JobRow.attempt == attempt)
+        query = _conditional_update(job_id, statuses, attempt, expired_lease_statuses, now)
         result = self.session.execute(query.values(**values))
         assert isinstance(result, CursorResult)
         return result.rowcount == 1
+
+    def update_returning(
+        self,
+        job_id: str,
+        *,
+        statuses: Collection[str],
+        values: dict[str, Any],
+        returning: Sequence[Any],
+        expired_lease_statuses: Collection[str] = (),
+        now: datetime | None = None,
+    ) -> Row[Any] | None:
+        """`update_where` that returns the updated row's `returning` columns (one round trip)."""
+        query = _conditional_update(job_id, statuses, None, expired_lease_statuses, now)
+        return self.session.execute(query.values(**values).returning(*returning)).first()
+
+
+def _conditional_update(
+    job_id: str,
+    statuses: Collection[str],
+    attempt: int | None,
+    expired_lease_statuses: Collection[str],
+    now: datetime | None,
+) -> Update:
+    condition: ColumnElement[bool] = JobRow.status.in_(list(statuses))
+    if expired_lease_statuses:
+        assert now is not None, "expired_lease_statuses needs now"
+        expired = and_(
+            JobRow.status.in_(list(expired_lease_statuses)), JobRow.lease_expires_at < now
+        )
+        condition = or_(condition, expired)
+    query = update(JobRow).where(JobRow.id == job_id, condition)
+    if attempt is not None:
+        query = query.where(JobRow.attempt == attempt)
+    # Plain SQL: no ORM objects to synchronise, which is most of an ORM update's cost.
+    return query.execution_options(synchronize_session=False)

@@ -100,7 +100,9 @@ def execute(
         except Exception as exc:  # a bug or a backend crash: the job fails with the class name
             log.exception("job crashed job_id=%s", job_id)
             return Outcome(job_id, _record_failure(lifecycle, claim, exc))
-    return Outcome(job_id, lifecycle.succeed(claim, result.model_dump(mode="json")))
+    status = lifecycle.succeed(claim, result.model_dump(mode="json"))
+    log.info("job finished job_id=%s status=%s", job_id, status.value if status else "stale")
+    return Outcome(job_id, status)
 
 
 def _record_cancel(lifecycle: Lifecycle, claim: Claim) -> JobStatus | None:

@@ -1,5 +1,6 @@
 """Runners: plain functions from a (masked) spec and the model pool to a result."""
 
+import base64
 from collections.abc import Callable, Mapping
 
 from pydantic import BaseModel
@@ -16,10 +17,11 @@ def run_embed(spec: BaseModel, pool: ModelPool, should_stop: ShouldStop) -> Base
     assert isinstance(spec, EmbedSpec)
     embedder = pool.embedder(spec.model)
     out = embedder.embed(spec.input, spec.normalize, should_stop)
+    little_endian = out.vectors.astype("<f4", copy=False)
     return EmbedResult(
         model=spec.model,
         dimensions=embedder.dimensions,
-        vectors=out.vectors,
+        vectors_base64=[base64.b64encode(row.tobytes()).decode() for row in little_endian],
         prompt_tokens=sum(out.token_counts),
         token_counts=out.token_counts,
     )

@@ -4,9 +4,6 @@
 for it, so the official `openai` package works unchanged.
 """
 
-import base64
-from array import array
-
 from fastapi import APIRouter
 
 from api_gateway.deps import ContextDep, PrincipalDep, ServiceDep, SettingsDep
@@ -22,7 +19,7 @@ from jobs.catalog import JobKind
 from jobs.errors import JobFailedError, JobTimeoutError, SpecError
 from jobs.records import JobView
 from jobs.registry import ModelEntry
-from jobs.specs import EmbedResult
+from jobs.specs import EmbedResult, decode_vector
 from jobs.status import JobStatus
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -43,8 +40,8 @@ def create_embeddings(
     if body.dimensions is not None and body.dimensions != result.dimensions:
         raise SpecError(f"dimensions: model '{body.model}' only produces {result.dimensions}")
     data = [
-        EmbeddingData(index=i, embedding=_encode(vector, body.encoding_format))
-        for i, vector in enumerate(result.vectors)
+        EmbeddingData(index=i, embedding=_encode(encoded, body.encoding_format))
+        for i, encoded in enumerate(result.vectors_base64)
     ]
     tokens = result.prompt_tokens
     return EmbeddingsResponse(
@@ -61,11 +58,9 @@ def _result_of(job: JobView) -> EmbedResult:
     raise JobTimeoutError(f"job {job.id} is still {job.status}; poll GET /v1/jobs/{job.id}")
 
 
-def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
-    if encoding_format == "float":
-        return vector
-    packed = array("f", vector)  # float32, little-endian on every platform seekq runs on
-    return base64.b64encode(packed.tobytes()).decode()
+def _encode(encoded: str, encoding_format: str) -> list[float] | str:
+    """Results are stored as OpenAI's base64 already; floats are decoded on request."""
+    return encoded if encoding_format == "base64" else decode_vector(encoded)
 
 
 @router.get("/models", response_model=ModelList)

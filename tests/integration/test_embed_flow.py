@@ -7,6 +7,7 @@ import numpy as np
 import openai
 import pytest
 
+from jobs.specs import decode_vector
 from tests.conftest import Stack
 
 TEXTS = [
@@ -33,9 +34,10 @@ def test_embed_job_matches_sentence_transformers(stack: Stack, st_model) -> None
     assert done["status"] == "succeeded", done
     result = done["result"]
     assert result["dimensions"] == 384
-    assert len(result["vectors"]) == len(TEXTS)
+    vectors = [decode_vector(v) for v in result["vectors_base64"]]
+    assert len(vectors) == len(TEXTS) and {len(v) for v in vectors} == {384}
     expected = st_model.encode(TEXTS, normalize_embeddings=True)
-    assert cosines(result["vectors"], expected).min() >= 0.9999
+    assert cosines(vectors, expected).min() >= 0.9999
     assert result["prompt_tokens"] == sum(result["token_counts"])
     assert result["token_counts"][1] > result["token_counts"][0] > 0
     assert done["attempts"] == 1 and done["started_at"] and done["finished_at"]

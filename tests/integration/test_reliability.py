@@ -96,7 +96,7 @@ def test_kill_9_mid_job_then_restart_completes_exactly_once(
         second.stop()
     assert done.status == "succeeded", done
     assert done.attempts == 2
-    assert done.result is not None and len(done.result["vectors"]) == len(texts)
+    assert done.result is not None and len(done.result["vectors_base64"]) == len(texts)
     log = second.log()
     assert log.count(f"job started job_id={job.id}") == 2  # attempt 1 (killed), attempt 2
     assert f"job_id={job.id} kind=embed attempt=2" in log

@@ -7,14 +7,16 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 from jobs.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Embeddings:
-    vectors: list[list[float]]
+    vectors: "np.ndarray[Any, np.dtype[np.float32]]"  # (inputs, dimensions), input order
     token_counts: list[int]
 
 

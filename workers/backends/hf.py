@@ -8,7 +8,9 @@ sentence-transformers does) so that each padded batch wastes little compute.
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -40,18 +42,15 @@ class HFEmbedder:
     ) -> Embeddings:
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         counts = [len(row) for row in ids]
-        vectors: list[list[float]] = [[] for _ in texts]
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
         for batch in token_batches(counts, self.batch_tokens, self.max_batch):
             if should_stop():
                 raise JobCancelledError("stopped between batches")
-            for index, vector in zip(
-                batch, self._forward([ids[i] for i in batch], normalize), strict=True
-            ):
-                vectors[index] = vector
+            vectors[batch] = self._forward([ids[i] for i in batch], normalize)
         return Embeddings(vectors=vectors, token_counts=counts)
 
     @torch.inference_mode()
-    def _forward(self, ids: list[list[int]], normalize: bool) -> list[list[float]]:
+    def _forward(self, ids: list[list[int]], normalize: bool) -> "np.ndarray[Any, Any]":
         padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         padded = {k: v.to(self.model.device) for k, v in padded.items()}
         hidden = self.model(**padded).last_hidden_state
@@ -59,7 +58,7 @@ class HFEmbedder:
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         if normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        result: list[list[float]] = pooled.float().cpu().tolist()
+        result: np.ndarray[Any, Any] = pooled.float().cpu().numpy()
         return result
 
     def close(self) -> None:

@@ -71,7 +71,6 @@ def upgrade() -> None:
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
         sa.Column("request_hash", sa.String(length=64), nullable=True),
         sa.Column("created_at", storage.tables.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("dispatched_at", storage.tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("started_at", storage.tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("cancel_requested_at", storage.tables.UTCDateTime(timezone=True), nullable=True),
         sa.Column("finished_at", storage.tables.UTCDateTime(timezone=True), nullable=True),
