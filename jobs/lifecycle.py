@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import RetryableError
@@ -58,19 +57,14 @@ class Lifecycle:
         now = datetime.now(UTC)
         with self.sessions.begin() as session:
             repo = JobRepo(session)
-            claimed = repo.update_returning(
+            claimed = repo.claim(
                 job_id,
                 statuses=[JobStatus.QUEUED.value],
                 expired_lease_statuses=[JobStatus.RUNNING.value],
+                to_status=JobStatus.RUNNING.value,
                 now=now,
-                values={
-                    "status": JobStatus.RUNNING.value,
-                    "attempt": JobRow.attempt + 1,
-                    "lease_expires_at": now + timedelta(seconds=self.lease_s),
-                    "started_at": func.coalesce(JobRow.started_at, now),
-                    "worker": self.worker,
-                },
-                returning=(JobRow.kind, JobRow.tenant_id, JobRow.attempt, JobRow.spec),
+                lease_until=now + timedelta(seconds=self.lease_s),
+                worker=self.worker,
             )
             row = None if claimed else repo.find(job_id)
         if claimed is not None:

@@ -7,9 +7,21 @@ allowed source statuses into the conditional updates below.
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Row, Update, and_, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    CursorResult,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from storage.tables import ApiKeyRow, AuditEventRow, JobRow, TenantRow
@@ -113,50 +125,66 @@ class JobRepo:
         statuses: Collection[str],
         values: dict[str, Any],
         attempt: int | None = None,
-        expired_lease_statuses: Collection[str] = (),
-        now: datetime | None = None,
     ) -> bool:
-        """One conditional UPDATE; True when the row matched. The basis of every transition.
-
-        The row matches when its status is in `statuses`, or in `expired_lease_statuses`
-        with a lease that expired before `now`; and, if given, its attempt is `attempt`.
-        """
-        query = _conditional_update(job_id, statuses, attempt, expired_lease_statuses, now)
-        result = self.session.execute(query.values(**values))
+        """One conditional UPDATE of plain values; True when the row matched. The basis of
+        every transition: the row must be in one of `statuses` and, if given, at `attempt`."""
+        query = _update_statement(tuple(statuses), attempt is not None, tuple(sorted(values)))
+        params = {"job_id": job_id, "expected_attempt": attempt, **_value_params(values)}
+        result = self.session.execute(query, params)
         assert isinstance(result, CursorResult)
         return result.rowcount == 1
 
-    def update_returning(
+    def claim(
         self,
         job_id: str,
         *,
         statuses: Collection[str],
-        values: dict[str, Any],
-        returning: Sequence[Any],
-        expired_lease_statuses: Collection[str] = (),
-        now: datetime | None = None,
+        expired_lease_statuses: Collection[str],
+        to_status: str,
+        now: datetime,
+        lease_until: datetime,
+        worker: str,
     ) -> Row[Any] | None:
-        """`update_where` that returns the updated row's `returning` columns (one round trip)."""
-        query = _conditional_update(job_id, statuses, None, expired_lease_statuses, now)
-        return self.session.execute(query.values(**values).returning(*returning)).first()
+        """Move the job to `to_status` with attempt + 1 and a lease, when it is in one of
+        `statuses` or in `expired_lease_statuses` with an expired lease. One round trip:
+        returns kind, tenant_id, attempt and spec of the claimed row, or None."""
+        query = _claim_statement(tuple(statuses), tuple(expired_lease_statuses))
+        params = {"job_id": job_id, "now": now, "to_status": to_status}
+        params.update(lease_until=lease_until, worker=worker)
+        return self.session.execute(query, params).first()
 
 
-def _conditional_update(
-    job_id: str,
-    statuses: Collection[str],
-    attempt: int | None,
-    expired_lease_statuses: Collection[str],
-    now: datetime | None,
-) -> Update:
-    condition: ColumnElement[bool] = JobRow.status.in_(list(statuses))
-    if expired_lease_statuses:
-        assert now is not None, "expired_lease_statuses needs now"
-        expired = and_(
-            JobRow.status.in_(list(expired_lease_statuses)), JobRow.lease_expires_at < now
+# The hot-path statements are built once per shape and reused: building a SQLAlchemy
+# expression costs more than running the statement on SQLite. They are Core statements
+# on the table, so the session has no ORM objects to synchronise.
+JOBS: Table = JobRow.__table__  # type: ignore[assignment]
+
+
+def _value_params(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"v_{key}": value for key, value in values.items()}
+
+
+@lru_cache(maxsize=128)
+def _update_statement(statuses: tuple[str, ...], with_attempt: bool, keys: tuple[str, ...]) -> Any:
+    query = update(JOBS).where(JOBS.c.id == bindparam("job_id"), JOBS.c.status.in_(statuses))
+    if with_attempt:
+        query = query.where(JOBS.c.attempt == bindparam("expected_attempt"))
+    return query.values({key: bindparam(f"v_{key}") for key in keys})
+
+
+@lru_cache(maxsize=16)
+def _claim_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any:
+    now: BindParameter[datetime] = bindparam("now")
+    lease_expired = and_(JOBS.c.status.in_(expired), JOBS.c.lease_expires_at < now)
+    return (
+        update(JOBS)
+        .where(JOBS.c.id == bindparam("job_id"), or_(JOBS.c.status.in_(statuses), lease_expired))
+        .values(
+            status=bindparam("to_status"),
+            attempt=JOBS.c.attempt + 1,
+            lease_expires_at=bindparam("lease_until"),
+            started_at=func.coalesce(JOBS.c.started_at, now),
+            worker=bindparam("worker"),
         )
-        condition = or_(condition, expired)
-    query = update(JobRow).where(JobRow.id == job_id, condition)
-    if attempt is not None:
-        query = query.where(JobRow.attempt == attempt)
-    # Plain SQL: no ORM objects to synchronise, which is most of an ORM update's cost.
-    return query.execution_options(synchronize_session=False)
+        .returning(JOBS.c.kind, JOBS.c.tenant_id, JOBS.c.attempt, JOBS.c.spec)
+    )
