@@ -9,6 +9,7 @@ from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from jobs.broker import TRANSPORT
 from jobs.catalog import CATALOG, KindEntry
 from jobs.errors import BrokerUnavailableError
 from jobs.settings import JobsSettings
@@ -17,6 +18,7 @@ from jobs.settings import JobsSettings
 def celery_config(settings: JobsSettings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": TRANSPORT,
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
