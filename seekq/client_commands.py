@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api_gateway.client import SeekqAPIError, SeekqClient
+from jobs.catalog import CATALOG
 
 jobs_app = typer.Typer(help="List, show and cancel jobs.", no_args_is_help=True)
 console = Console()
@@ -104,11 +105,26 @@ def audit_table(events: list[dict[str, Any]]) -> Table:
     table = Table("time", "action", "job", "entities", "masked input", show_lines=True)
     for event in events:
         counts = ", ".join(f"{k}={v}" for k, v in event["entity_counts"].items()) or "-"
-        masked = json.dumps(event["masked_input"], ensure_ascii=False)
+        job = (event["job_id"] or "-")[:8]
         table.add_row(
-            event["created_at"][:19], event["action"], event["job_id"] or "-", counts, masked[:300]
+            event["created_at"][11:19], event["action"], job, counts, _texts(event["masked_input"])
         )
     return table
+
+
+def _texts(masked: dict[str, Any]) -> str:
+    """The user text of a masked spec (its PII fields), shortened for a terminal."""
+    parts: list[str] = []
+    text_fields = {field for entry in CATALOG.values() for field in entry.pii_fields}
+    for key, value in masked.items():
+        if key not in text_fields:
+            continue
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(v for v in value if isinstance(v, str))
+    text = " | ".join(parts) or "-"
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _show_job(job: dict[str, Any], as_json: bool) -> None:

@@ -4,6 +4,7 @@ import os
 
 import typer
 
+from jobs.catalog import CATALOG
 from jobs.catalog import queues as known_queues
 from seekq import logs
 
@@ -19,6 +20,9 @@ def run_worker(
         raise typer.BadParameter(f"unknown queues {unknown}; known: {known_queues()}")
     if gpu is not None:
         _pin_gpu(gpu, pool)
+    if not any(e.model_kind for e in CATALOG.values() if e.queue in wanted):
+        # No queue here runs a model: don't spend a model load on process start.
+        os.environ.setdefault("SEEKQ_PRELOAD_MODELS", "[]")
     logs.configure(log_level)
     # Imported only now: CUDA_VISIBLE_DEVICES must be set before anything imports torch.
     from workers.app import app
