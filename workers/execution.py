@@ -85,6 +85,7 @@ def execute(
     # input limits, so they are rebuilt without re-checking those limits.
     spec = entry.spec_model.model_construct(**claim.spec)
     log.info("job started job_id=%s kind=%s attempt=%d", job_id, entry.kind, claim.attempt)
+    started = time.perf_counter()
     with LeaseKeeper(lifecycle, claim) as keeper:
         try:
             result = runner(spec, pool, keeper.should_stop)
@@ -100,8 +101,10 @@ def execute(
         except Exception as exc:  # a bug or a backend crash: the job fails with the class name
             log.exception("job crashed job_id=%s", job_id)
             return Outcome(job_id, _record_failure(lifecycle, claim, exc))
+    run_s = time.perf_counter() - started
     status = lifecycle.succeed(claim, result.model_dump(mode="json"))
-    log.info("job finished job_id=%s status=%s", job_id, status.value if status else "stale")
+    outcome = status.value if status else "stale"
+    log.info("job finished job_id=%s status=%s run_s=%.3f", job_id, outcome, run_s)
     return Outcome(job_id, status)
 
 
