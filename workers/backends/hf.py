@@ -51,10 +51,10 @@ class HFEmbedder:
 
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], normalize: bool) -> "np.ndarray[Any, Any]":
-        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-        padded = {k: v.to(self.model.device) for k, v in padded.items()}
-        hidden = self.model(**padded).last_hidden_state
-        mask = padded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        encoded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        inputs = {k: v.to(self.model.device) for k, v in encoded.items()}
+        hidden = self.model(**inputs).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         if normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
