@@ -104,3 +104,32 @@ def test_broker_down_at_submit_keeps_the_job_and_replay_dispatches(
     assert not replay.created and replay.job.id == stored.id
     assert broker.llen("cpu.ping") == 1  # the replay published the id the outage lost
     assert quiet_context.lifecycle("w").claim(stored.id) is not None
+
+
+def test_waiters_are_woken_by_the_notice_not_the_poll(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from jobs import notify
+
+    monkeypatch.setattr(notify, "POLL_INTERVAL_S", 60.0)  # only a notice can wake in time
+    client = redis.Redis.from_url(redis_url(stack.redis_db + 2))
+    events = notify.JobEvents(client)
+    done = threading.Event()
+    results: list[bool] = []
+    waiters = [
+        threading.Thread(target=lambda: results.append(events.wait("job-1", done.is_set, 20)))
+        for _ in range(5)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    while len(events._waiters.get("job-1", ())) < 5:  # all registered
+        threading.Event().wait(0.01)
+    done.set()
+    events.announce("job-1", "succeeded")
+    for waiter in waiters:
+        waiter.join(timeout=15)
+    events.close()
+    client.close()
+    assert results == [True] * 5
