@@ -92,7 +92,7 @@ class JobService:
             self._commit_new(who, row, counts)
         except IntegrityError:
             # A concurrent submit with the same idempotency key won the race.
-            replay = self._replay(who, idempotency_key or "", request_hash)
+            replay = self._replay(who, idempotency_key, request_hash) if idempotency_key else None
             if replay is None:
                 raise
             return replay
@@ -104,8 +104,8 @@ class JobService:
             return JobView.from_row(self._row(session, who, job_id))
 
     def wait(self, who: Principal, job_id: str, timeout_s: float) -> JobView:
-        """The job once terminal, or as it stands when `timeout_s` passes."""
-        self._status(who, job_id)  # 404 before waiting
+        """The job once terminal, or as it stands when `timeout_s` passes (404 at once for
+        an unknown job: the first check raises)."""
 
         def done() -> bool:
             return is_terminal(self._status(who, job_id))
