@@ -228,3 +228,14 @@ def test_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield path
     root.removeHandler(handler)
     root.setLevel(previous)
+
+
+@pytest.fixture
+def quiet_context(stack: Stack) -> Iterator[JobsContext]:
+    """A job context on a broker database the session's worker does not consume: the test
+    plays the worker itself, or starts its own."""
+    db = stack.redis_db + 2
+    flush_redis(db)
+    context = make_context(stack.database_url, db)
+    yield context
+    context.close()

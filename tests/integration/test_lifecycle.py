@@ -1,7 +1,6 @@
 """The worker-side lifecycle against a real database: claims, leases, fenced writes."""
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -10,17 +9,7 @@ from jobs.context import JobsContext
 from jobs.keys import Principal
 from jobs.lifecycle import LeaseHeldError
 from jobs.status import JobStatus
-from tests.conftest import Stack, flush_redis, make_context, redis_url
-
-
-@pytest.fixture
-def quiet_context(stack: Stack) -> Iterator[JobsContext]:
-    """A broker database no worker consumes: the test plays the worker itself."""
-    db = stack.redis_db + 2
-    flush_redis(db)
-    context = make_context(stack.database_url, db)
-    yield context
-    context.close()
+from tests.conftest import Stack, make_context, redis_url
 
 
 def principal(context: JobsContext) -> Principal:

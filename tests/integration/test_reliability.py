@@ -5,13 +5,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 import redis
 from sqlalchemy import text
 
 from jobs.catalog import CATALOG, JobKind
 from jobs.context import JobsContext
-from tests.conftest import Stack, WorkerProcess, flush_redis, make_context, redis_url, stack_env
+from tests.conftest import Stack, WorkerProcess, redis_url, stack_env
 
 CARD_SPACED = "4111 1111 1111 1111"
 CARD = "4111111111111111"
@@ -51,16 +50,6 @@ def test_message_for_unknown_job_is_dropped(stack: Stack) -> None:
     assert f"unknown job dropped job_id={ghost}" in stack.worker.log()
 
 
-@pytest.fixture
-def crash_context(stack: Stack) -> Iterator[JobsContext]:
-    """A broker database no session worker consumes, so the test owns its workers."""
-    db = stack.redis_db + 2
-    flush_redis(db)
-    context = make_context(stack.database_url, db)
-    yield context
-    context.close()
-
-
 def wait_for_status(context: JobsContext, job_id: str, status: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while job_row(context, job_id)["status"] != status:
@@ -69,7 +58,7 @@ def wait_for_status(context: JobsContext, job_id: str, status: str, timeout_s: f
 
 
 def test_kill_9_mid_job_then_restart_completes_exactly_once(
-    stack: Stack, crash_context: JobsContext
+    stack: Stack, quiet_context: JobsContext
 ) -> None:
     env = stack_env(
         stack.database_url,
@@ -79,19 +68,19 @@ def test_kill_9_mid_job_then_restart_completes_exactly_once(
         SEEKQ_VISIBILITY_TIMEOUT_S="3",
     )
     texts = [f"document {i}: " + "words about queues and workers " * 40 for i in range(250)]
-    who = crash_context.keys.authenticate(crash_context.keys.create("crash").secret)
+    who = quiet_context.keys.authenticate(quiet_context.keys.create("crash").secret)
     first = WorkerProcess(env, stack.tmp / "crash-worker.log", queues="gpu.embed").start()
     try:
-        job = crash_context.service.submit(who, "embed", {"input": texts}).job
-        wait_for_status(crash_context, job.id, "running", 30)
+        job = quiet_context.service.submit(who, "embed", {"input": texts}).job
+        wait_for_status(quiet_context, job.id, "running", 30)
         time.sleep(0.5)
         first.kill9()
     finally:
         first.stop()
-    assert job_row(crash_context, job.id)["status"] == "running"
+    assert job_row(quiet_context, job.id)["status"] == "running"
     second = WorkerProcess(env, stack.tmp / "crash-worker.log", queues="gpu.embed").start()
     try:
-        done = crash_context.service.wait(who, job.id, timeout_s=120)
+        done = quiet_context.service.wait(who, job.id, timeout_s=120)
     finally:
         second.stop()
     assert done.status == "succeeded", done
@@ -183,23 +172,23 @@ def test_raw_pii_reaches_no_redis_sql_or_log(stack: Stack, test_log) -> None:  #
             assert raw not in content, f"raw PII {raw!r} found in {where}"
 
 
-def test_cancel_queued_and_running_jobs(stack: Stack, crash_context: JobsContext) -> None:
+def test_cancel_queued_and_running_jobs(stack: Stack, quiet_context: JobsContext) -> None:
     env = stack_env(
         stack.database_url, stack.redis_db + 2, stack.tmp, SEEKQ_EMBED_BATCH_TOKENS="2048"
     )
-    who = crash_context.keys.authenticate(crash_context.keys.create("canceller").secret)
+    who = quiet_context.keys.authenticate(quiet_context.keys.create("canceller").secret)
     # No worker yet: the job waits in the queue and is cancelled there.
-    queued = crash_context.service.submit(who, "embed", {"input": ["never run"]}).job
-    assert crash_context.service.cancel(who, queued.id).status == "cancelled"
+    queued = quiet_context.service.submit(who, "embed", {"input": ["never run"]}).job
+    assert quiet_context.service.cancel(who, queued.id).status == "cancelled"
     texts = [f"text {i}: " + "a long sentence about cancellation " * 30 for i in range(600)]
     worker = WorkerProcess(env, stack.tmp / "cancel-worker.log", queues="gpu.embed").start()
     try:
-        job = crash_context.service.submit(who, "embed", {"input": texts}).job
-        wait_for_status(crash_context, job.id, "running", 60)
-        assert crash_context.service.cancel(who, job.id).status == "cancelling"
-        done = crash_context.service.wait(who, job.id, timeout_s=60)
-        after = crash_context.service.submit(who, "embed", {"input": ["still serving"]}).job
-        served = crash_context.service.wait(who, after.id, timeout_s=60)
+        job = quiet_context.service.submit(who, "embed", {"input": texts}).job
+        wait_for_status(quiet_context, job.id, "running", 60)
+        assert quiet_context.service.cancel(who, job.id).status == "cancelling"
+        done = quiet_context.service.wait(who, job.id, timeout_s=60)
+        after = quiet_context.service.submit(who, "embed", {"input": ["still serving"]}).job
+        served = quiet_context.service.wait(who, after.id, timeout_s=60)
     finally:
         worker.stop()
     assert done.status == "cancelled" and done.result is None
