@@ -58,6 +58,5 @@ class JobsContext:
         return Lifecycle(self.sessions, self.events, self.settings.lease_s, name)
 
     def close(self) -> None:
-        self.events.close()
         self.redis.close()
         self.engine.dispose()

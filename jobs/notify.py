@@ -1,16 +1,13 @@
 """Job-finished notices over Redis pub/sub: a hint for waiters, never the source of truth.
 
-A notice carries the job id (in the channel name) and its new status; nothing else.
-Each process has one listener thread on one Redis connection (a pattern subscription)
-that wakes whichever of its threads wait for that job, so a thousand waiting HTTP
-requests hold one Redis connection, not a thousand. Waiters also re-read SQL every
-POLL_INTERVAL_S, so a lost notice, or Redis being down, only delays them.
+A notice carries the job id (in the channel name) and its new status; nothing else. Each
+waiter subscribes to its own job's channel on a pooled connection. (One listener thread
+per process waking all waiters was tried: it saves connections but added ~2 ms to
+submit→result latency, measured with `seekq bench` Q2, so waiters read their own.)
 """
 
 import logging
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 
 from redis import Redis
@@ -19,8 +16,8 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "seekq:job:"
+# Waiters re-read SQL at least this often, so a lost notice only delays them.
 POLL_INTERVAL_S = 0.5
-RECONNECT_S = 1.0
 
 
 def channel(job_id: str) -> str:
@@ -30,10 +27,6 @@ def channel(job_id: str) -> str:
 class JobEvents:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._waiters: defaultdict[str, set[threading.Event]] = defaultdict(set)
-        self._lock = threading.Lock()
-        self._listener: threading.Thread | None = None
-        self._closed = threading.Event()
 
     def announce(self, job_id: str, status: str) -> None:
         try:
@@ -43,62 +36,35 @@ class JobEvents:
 
     def wait(self, job_id: str, is_done: Callable[[], bool], timeout_s: float) -> bool:
         """Block until `is_done()` is true or the timeout passes; returns the last answer."""
-        woken = self._register(job_id)
         try:
-            deadline = time.monotonic() + timeout_s
-            while not is_done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                woken.wait(min(remaining, POLL_INTERVAL_S))
-                woken.clear()
-            return True
-        finally:
-            self._unregister(job_id, woken)
-
-    def close(self) -> None:
-        self._closed.set()
-
-    def _register(self, job_id: str) -> threading.Event:
-        # Registered before the first is_done() check: a notice sent in between still wakes.
-        woken = threading.Event()
-        with self._lock:
-            self._waiters[job_id].add(woken)
-            if self._listener is None:
-                self._listener = threading.Thread(target=self._listen, name="job-notices")
-                self._listener.daemon = True
-                self._listener.start()
-        return woken
-
-    def _unregister(self, job_id: str, woken: threading.Event) -> None:
-        with self._lock:
-            self._waiters[job_id].discard(woken)
-            if not self._waiters[job_id]:
-                del self._waiters[job_id]
-
-    def _listen(self) -> None:
-        while not self._closed.is_set():
-            try:
-                self._listen_once()
-            # redis-py raises ValueError when its pool is closed under a blocking read.
-            except (RedisError, OSError, ValueError) as exc:
-                if self._closed.is_set():
-                    return
-                log.warning("job notice listener lost Redis (%s); retrying", type(exc).__name__)
-                self._closed.wait(RECONNECT_S)
-
-    def _listen_once(self) -> None:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub.subscribe(channel(job_id))
+        except RedisError:
+            return _poll(is_done, timeout_s)
         try:
-            pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
-            while not self._closed.is_set():
-                message = pubsub.get_message(timeout=1.0)
-                if message is not None:
-                    self._wake(message["channel"].decode()[len(CHANNEL_PREFIX) :])
+            return _wait_subscribed(pubsub, is_done, timeout_s)
         finally:
             pubsub.close()
 
-    def _wake(self, job_id: str) -> None:
-        with self._lock:
-            for woken in self._waiters.get(job_id, ()):
-                woken.set()
+
+def _wait_subscribed(pubsub: object, is_done: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if is_done():
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            pubsub.get_message(timeout=min(remaining, POLL_INTERVAL_S))  # type: ignore[attr-defined]
+        except RedisError:
+            return _poll(is_done, max(0.0, deadline - time.monotonic()))
+
+
+def _poll(is_done: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not is_done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL_S)
+    return True

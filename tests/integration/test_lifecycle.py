@@ -113,12 +113,12 @@ def test_waiters_are_woken_by_the_notice_not_the_poll(
     ]
     for waiter in waiters:
         waiter.start()
-    while len(events._waiters.get("job-1", ())) < 5:  # all registered
+    channel = notify.channel("job-1")
+    while dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) < 5:  # all subscribed
         threading.Event().wait(0.01)
     done.set()
     events.announce("job-1", "succeeded")
     for waiter in waiters:
         waiter.join(timeout=15)
-    events.close()
     client.close()
     assert results == [True] * 5
