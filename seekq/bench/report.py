@@ -72,8 +72,8 @@ of the job's notice for waiters; Celery `task-received/started/succeeded` events
 worker runs with `-E`); two INFO log lines (`job started`, `job finished`). The peer
 instead stores its result in the Redis backend, and it uses kombu's stock Redis
 transport, whereas seekq's (`jobs/broker.py`) reuses one Redis client per channel.
-Waiter (Q2): `JobService.wait` reads the job's status in SQL, subscribes to its pub/sub
-channel, reads the status again after subscribing and after each notice (or 0.5 s),
+Waiter (Q2): `JobService.wait` subscribes to the job's pub/sub channel, then reads its
+status in SQL, again after each notice (or 0.5 s),
 then reads the whole row. E1 adds, per job: the 64 texts stored twice (job spec and
 audit event), and the 64 vectors stored in the JSON result as base64 little-endian
 float32 (`vectors_base64`: 2,048 characters per 384-dimension vector, about 130 KB per
