@@ -72,10 +72,6 @@ class AuditRepo:
             query = query.where(AuditEventRow.id < before_id)
         return self.session.scalars(query.order_by(AuditEventRow.id.desc()).limit(limit)).all()
 
-    def for_job(self, job_id: str) -> Sequence[AuditEventRow]:
-        query = select(AuditEventRow).where(AuditEventRow.job_id == job_id)
-        return self.session.scalars(query.order_by(AuditEventRow.id)).all()
-
 
 class JobRepo:
     def __init__(self, session: Session) -> None:
