@@ -14,8 +14,10 @@ from seekq.client_commands import audit_command, jobs_app, submit_command
 app = typer.Typer(help="seekq: queue-native jobs for LLM workloads.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 keys_app = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry and locally made models.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.command("submit")(submit_command)
 app.command("audit")(audit_command)
@@ -138,6 +140,37 @@ def keys_revoke(key_id: str) -> None:
         console.print("no such active key")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """The registered models."""
+    from jobs.registry import ModelRegistry
+
+    entries = ModelRegistry().all()
+    if as_json:
+        _print_json([vars(entry) for entry in entries])
+        return
+    for entry in entries:
+        console.print(f"{entry.name}  {entry.kind.value}  backend={entry.backend}  {entry.source}")
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(
+    name: Annotated[str, typer.Argument(help="Folder name under <data dir>/models.")] = (
+        "tiny-deepseek"
+    ),
+    data_dir: Annotated[Path, typer.Option(envvar="SEEKQ_DATA_DIR")] = Path(".seekq"),
+    seed: int = 0,
+) -> None:
+    """Write a tiny random DeepSeek-V3-architecture MoE model (save_pretrained, safetensors)."""
+    from jobs.keys import TENANT_PATTERN
+    from workers.models.tiny import make_tiny_deepseek
+
+    if not TENANT_PATTERN.match(name):
+        raise typer.BadParameter("names are 1-64 characters of a-z, 0-9, '_' and '-'")
+    target = make_tiny_deepseek(data_dir / "models" / name, seed=seed)
+    console.print(f"wrote {target}")
 
 
 @app.command()

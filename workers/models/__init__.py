@@ -1,0 +1,1 @@
+"""Model files seekq makes itself (tiny models for tests and demos)."""
