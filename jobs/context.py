@@ -45,7 +45,9 @@ class JobsContext:
         celery = make_celery(settings)
         redis = Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=2)
         events = JobEvents(redis)
-        models = ModelRegistry()
+        models = ModelRegistry.load(
+            settings.resolved_models_file(storage), settings.trust_remote_code
+        )
         masker = PiiMasker(derive_key(secret, "pii"))
         service = JobService(
             sessions, CeleryPublisher(celery), masker, events, derive_key(secret, "request"), models

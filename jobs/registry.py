@@ -2,12 +2,22 @@
 
 A model's files come from a local directory or from an installed package that ships them
 (`package:<module>`, whose `get_model_path()` gives the directory). Never from a hub.
+
+Besides the built-in entries, models are registered in a JSON file (`SEEKQ_MODELS_FILE`,
+default `<data dir>/models.json`): a list of objects with the fields of `ModelFileEntry`.
+`trust_remote_code` runs code shipped with the model; an entry may ask for it only when
+its name is also in `SEEKQ_TRUST_REMOTE_CODE` (the operator's allow-list).
 """
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
-from jobs.errors import ModelNotFoundError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from jobs.errors import ConfigError, ModelNotFoundError
+from jobs.specs import MODEL_NAME_PATTERN
 
 
 class ModelKind(StrEnum):
@@ -22,7 +32,23 @@ class ModelEntry:
     backend: str
     source: str  # a directory, or package:<module>
     owned_by: str = "seekq"
+    trust_remote_code: bool = False
 
+
+class ModelFileEntry(BaseModel):
+    """One entry of the models file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, max_length=128)
+    kind: ModelKind
+    path: str = Field(min_length=1, max_length=4096, description="a local model directory")
+    backend: str = Field(default="hf", max_length=32)
+    owned_by: str = Field(default="local", max_length=64)
+    trust_remote_code: bool = False
+
+
+MODELS_FILE = TypeAdapter(list[ModelFileEntry])
 
 DEFAULT_MODELS: tuple[ModelEntry, ...] = (
     ModelEntry(
@@ -39,6 +65,12 @@ class ModelRegistry:
     def __init__(self, entries: tuple[ModelEntry, ...] = DEFAULT_MODELS) -> None:
         self.entries = {entry.name: entry for entry in entries}
 
+    @classmethod
+    def load(cls, models_file: Path | None, trusted: frozenset[str]) -> "ModelRegistry":
+        """The built-in models plus those of `models_file` (when it exists)."""
+        extra = read_models_file(models_file, trusted) if models_file else ()
+        return cls(DEFAULT_MODELS + extra)
+
     def find(self, name: str) -> ModelEntry | None:
         return self.entries.get(name)
 
@@ -51,3 +83,47 @@ class ModelRegistry:
 
     def all(self) -> list[ModelEntry]:
         return sorted(self.entries.values(), key=lambda e: e.name)
+
+
+def read_models_file(path: Path, trusted: frozenset[str]) -> tuple[ModelEntry, ...]:
+    if not path.exists():
+        return ()
+    try:
+        parsed = MODELS_FILE.validate_json(path.read_bytes())
+    except ValidationError as exc:
+        problems = "; ".join(
+            ".".join(str(p) for p in error["loc"]) + ": " + error["msg"]
+            for error in exc.errors(include_input=False, include_url=False)[:5]
+        )
+        raise ConfigError(f"{path}: not a valid models file: {problems}") from None
+    return tuple(_entry(item, path, trusted) for item in parsed)
+
+
+def _entry(item: ModelFileEntry, path: Path, trusted: frozenset[str]) -> ModelEntry:
+    if item.trust_remote_code and item.name not in trusted:
+        raise ConfigError(
+            f"{path}: model '{item.name}' asks for trust_remote_code but is not in "
+            "SEEKQ_TRUST_REMOTE_CODE"
+        )
+    source = Path(item.path)
+    if not source.is_absolute():
+        source = path.parent / source  # relative to the models file
+    return ModelEntry(
+        name=item.name,
+        kind=item.kind,
+        backend=item.backend,
+        source=str(source),
+        owned_by=item.owned_by,
+        trust_remote_code=item.trust_remote_code,
+    )
+
+
+def register(path: Path, item: ModelFileEntry) -> None:
+    """Add or replace one entry of the models file (written atomically)."""
+    existing = json.loads(path.read_text()) if path.exists() else []
+    kept = [entry for entry in existing if entry.get("name") != item.name]
+    kept.append(item.model_dump(mode="json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(kept, indent=2) + "\n")
+    temporary.replace(path)

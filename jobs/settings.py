@@ -28,6 +28,13 @@ class JobsSettings(BaseSettings):
     visibility_timeout_s: int = Field(default=3600, ge=1)
     lease_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
+    # The models file (JSON); unset: <data dir>/models.json.
+    models_file: Path | None = None
+    # Models allowed to run code shipped with them (trust_remote_code). Empty by default.
+    trust_remote_code: frozenset[str] = frozenset()
+
+    def resolved_models_file(self, storage: StorageSettings) -> Path:
+        return self.models_file or storage.data_dir / "models.json"
 
 
 @lru_cache

@@ -144,10 +144,12 @@ def keys_revoke(key_id: str) -> None:
 
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
-    """The registered models."""
-    from jobs.registry import ModelRegistry
+    """The registered models (built in, and those of the models file)."""
+    from jobs.context import JobsContext
 
-    entries = ModelRegistry().all()
+    context = JobsContext.create()
+    entries = context.models.all()
+    context.close()
     if as_json:
         _print_json([vars(entry) for entry in entries])
         return
@@ -163,14 +165,20 @@ def models_make_tiny(
     data_dir: Annotated[Path, typer.Option(envvar="SEEKQ_DATA_DIR")] = Path(".seekq"),
     seed: int = 0,
 ) -> None:
-    """Write a tiny random DeepSeek-V3-architecture MoE model (save_pretrained, safetensors)."""
+    """Write a tiny random DeepSeek-V3-architecture MoE model (save_pretrained, safetensors)
+    and register it in the models file as a causal-lm."""
     from jobs.keys import TENANT_PATTERN
+    from jobs.registry import ModelFileEntry, ModelKind, register
+    from jobs.settings import get_jobs_settings
+    from storage.settings import StorageSettings
     from workers.models.tiny import make_tiny_deepseek
 
     if not TENANT_PATTERN.match(name):
         raise typer.BadParameter("names are 1-64 characters of a-z, 0-9, '_' and '-'")
-    target = make_tiny_deepseek(data_dir / "models" / name, seed=seed)
-    console.print(f"wrote {target}")
+    target = make_tiny_deepseek((data_dir / "models" / name).resolve(), seed=seed)
+    models_file = get_jobs_settings().resolved_models_file(StorageSettings(data_dir=data_dir))
+    register(models_file, ModelFileEntry(name=name, kind=ModelKind.CAUSAL_LM, path=str(target)))
+    console.print(f"wrote {target}, registered as '{name}' in {models_file}")
 
 
 @app.command()
@@ -191,6 +199,12 @@ def _print_json(data: Any) -> None:
 
 
 def main() -> None:
+    from jobs.errors import SeekqError
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    app()
+    try:
+        app()
+    except SeekqError as exc:  # configuration and input errors: one line, no traceback
+        console.print(f"[red]error[/]: {exc}")
+        raise SystemExit(2) from None

@@ -43,6 +43,7 @@ class ModelPool:
             device=self.settings.device,
             batch_tokens=self.settings.embed_batch_tokens,
             max_batch=self.settings.embed_max_batch,
+            trust_remote_code=entry.trust_remote_code,
         )
         log.info("loaded %s in %.1fs", entry.name, time.perf_counter() - started)
         return embedder

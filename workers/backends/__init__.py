@@ -34,7 +34,13 @@ class Embedder(Protocol):
 
 class EmbedderLoader(Protocol):
     def __call__(
-        self, path: Path, *, device: str, batch_tokens: int, max_batch: int
+        self,
+        path: Path,
+        *,
+        device: str,
+        batch_tokens: int,
+        max_batch: int,
+        trust_remote_code: bool,
     ) -> Embedder: ...
 
 

@@ -80,11 +80,14 @@ def token_batches(lengths: Sequence[int], budget: int, max_batch: int) -> Iterat
         yield batch
 
 
-def load_hf_embedder(path: Path, *, device: str, batch_tokens: int, max_batch: int) -> HFEmbedder:
-    if not any(path.glob("*.safetensors")):
-        raise ConfigError(f"model directory {path.name!r} has no .safetensors weights")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+def load_hf_embedder(
+    path: Path, *, device: str, batch_tokens: int, max_batch: int, trust_remote_code: bool
+) -> HFEmbedder:
+    require_safetensors(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(
+        path, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
     model.to(device).eval()
     return HFEmbedder(
         model,
@@ -93,6 +96,17 @@ def load_hf_embedder(path: Path, *, device: str, batch_tokens: int, max_batch: i
         batch_tokens=batch_tokens,
         max_batch=max_batch,
     )
+
+
+def require_safetensors(path: Path) -> None:
+    """Refuse pickle-format weights: loading a .bin/.pt runs arbitrary code."""
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth"})
+        found = f" (found {', '.join(pickled[:3])})" if pickled else ""
+        raise ConfigError(
+            f"model directory {path.name!r} has no .safetensors weights{found}; "
+            "seekq loads safetensors only"
+        )
 
 
 def _max_seq_length(path: Path, tokenizer: PreTrainedTokenizerBase) -> int:
