@@ -21,8 +21,6 @@ class JobCreate(Strict):
 class EmbeddingsRequest(Strict):
     """OpenAI `POST /v1/embeddings`. Token-id inputs are not supported."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
     input: str | list[str] = Field(
         description=f"a text or 1-{MAX_EMBED_INPUTS} texts of <= {MAX_TEXT_CHARS} characters"
     )

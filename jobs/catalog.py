@@ -13,7 +13,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from jobs.errors import KindNotAvailableError, SpecError
 from jobs.registry import ModelKind
-from jobs.specs import EmbedResult, EmbedSpec, PingResult, PingSpec
+from jobs.specs import EmbedResult, EmbedSpec, PingResult, PingSpec, describe_validation_error
 
 
 class JobKind(StrEnum):
@@ -78,12 +78,3 @@ def parse_spec(entry: KindEntry, raw: Mapping[str, Any]) -> BaseModel:
         return entry.spec_model.model_validate(raw)
     except PydanticValidationError as exc:
         raise SpecError(describe_validation_error(exc)) from None
-
-
-def describe_validation_error(exc: PydanticValidationError) -> str:
-    """A precise message naming each field and problem, without any input value."""
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "spec"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts[:20])

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from jobs.errors import ConfigError, ModelNotFoundError
-from jobs.specs import MODEL_NAME_PATTERN
+from jobs.specs import MODEL_NAME_PATTERN, describe_validation_error
 
 
 class ModelKind(StrEnum):
@@ -91,10 +91,7 @@ def read_models_file(path: Path, trusted: frozenset[str]) -> tuple[ModelEntry, .
     try:
         parsed = MODELS_FILE.validate_json(path.read_bytes())
     except ValidationError as exc:
-        problems = "; ".join(
-            ".".join(str(p) for p in error["loc"]) + ": " + error["msg"]
-            for error in exc.errors(include_input=False, include_url=False)[:5]
-        )
+        problems = describe_validation_error(exc)
         raise ConfigError(f"{path}: not a valid models file: {problems}") from None
     return tuple(_entry(item, path, trusted) for item in parsed)
 

@@ -10,7 +10,7 @@ import sys
 from array import array
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(:[A-Za-z0-9][A-Za-z0-9._\-]{0,127})?$"
@@ -62,3 +62,12 @@ class PingSpec(StrictModel):
 
 class PingResult(StrictModel):
     payload: str
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A precise message naming each field and problem, without any input value."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "spec"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts[:20])
