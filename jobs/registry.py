@@ -7,6 +7,11 @@ Besides the built-in entries, models are registered in a JSON file (`SEEKQ_MODEL
 default `<data dir>/models.json`): a list of objects with the fields of `ModelFileEntry`.
 `trust_remote_code` runs code shipped with the model; an entry may ask for it only when
 its name is also in `SEEKQ_TRUST_REMOTE_CODE` (the operator's allow-list).
+
+An entry may set `sliding_window` (directory sources only). The model's `config.json` is
+read to refuse it early for architectures without sliding-window attention; when the file
+is not there (a gateway without the model files) the check is left to the worker's
+loader, which refuses such configs too.
 """
 
 import json
@@ -33,6 +38,11 @@ class ModelEntry:
     source: str  # a directory, or package:<module>
     owned_by: str = "seekq"
     trust_remote_code: bool = False
+    sliding_window: int | None = None  # attention window in tokens; None: the model's own
+
+    def __post_init__(self) -> None:
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"model '{self.name}': sliding_window must be at least 1")
 
 
 class ModelFileEntry(BaseModel):
@@ -46,6 +56,7 @@ class ModelFileEntry(BaseModel):
     backend: str = Field(default="hf", max_length=32)
     owned_by: str = Field(default="local", max_length=64)
     trust_remote_code: bool = False
+    sliding_window: int | None = Field(default=None, ge=1, description="attention window")
 
 
 MODELS_FILE = TypeAdapter(list[ModelFileEntry])
@@ -63,6 +74,8 @@ DEFAULT_MODELS: tuple[ModelEntry, ...] = (
 
 class ModelRegistry:
     def __init__(self, entries: tuple[ModelEntry, ...] = DEFAULT_MODELS) -> None:
+        for entry in entries:
+            check_sliding_window(entry)
         self.entries = {entry.name: entry for entry in entries}
 
     @classmethod
@@ -112,7 +125,40 @@ def _entry(item: ModelFileEntry, path: Path, trusted: frozenset[str]) -> ModelEn
         source=str(source),
         owned_by=item.owned_by,
         trust_remote_code=item.trust_remote_code,
+        sliding_window=item.sliding_window,
     )
+
+
+def check_sliding_window(entry: ModelEntry) -> None:
+    """Refuse a sliding_window that the entry's source or config.json cannot honour."""
+    if entry.sliding_window is None:
+        return
+    if entry.source.startswith("package:"):
+        raise ConfigError(
+            f"model '{entry.name}' comes from {entry.source}; sliding_window can be set "
+            "only on entries with a model directory"
+        )
+    config = read_model_config(Path(entry.source))
+    if config is not None and "sliding_window" not in config:
+        model_type = config.get("model_type", "unknown type")
+        raise ConfigError(
+            f"model '{entry.name}' ({model_type}) has no sliding-window attention; "
+            "remove sliding_window from its entry"
+        )
+
+
+def read_model_config(directory: Path) -> dict[str, object] | None:
+    """The directory's config.json as a dict; None when there is none."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot be read as JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a JSON object")
+    return config
 
 
 def register(path: Path, item: ModelFileEntry) -> None:
