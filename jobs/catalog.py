@@ -13,7 +13,16 @@ from pydantic import ValidationError as PydanticValidationError
 
 from jobs.errors import KindNotAvailableError, SpecError
 from jobs.registry import ModelKind
-from jobs.specs import EmbedResult, EmbedSpec, PingResult, PingSpec, describe_validation_error
+from jobs.specs import (
+    EmbedResult,
+    EmbedSpec,
+    GenerateResult,
+    GenerateSpec,
+    PingResult,
+    PingSpec,
+    StrictModel,
+    describe_validation_error,
+)
 
 
 class JobKind(StrEnum):
@@ -28,11 +37,12 @@ class JobKind(StrEnum):
 @dataclass(frozen=True)
 class KindEntry:
     kind: JobKind
-    spec_model: type[BaseModel]
+    spec_model: type[StrictModel]
     result_model: type[BaseModel]
     queue: str
     time_limit_s: float
-    # Spec fields holding user text (a str or a list of str): masked before storing/queueing.
+    # Spec fields holding user text (a str, a list of str, or a list of chat messages whose
+    # `content` is text): masked before storing/queueing.
     pii_fields: tuple[str, ...]
     # The kind of model the spec's `model` field must name (None: the kind takes no model).
     model_kind: ModelKind | None = None
@@ -50,6 +60,15 @@ class KindEntry:
 CATALOG: Mapping[JobKind, KindEntry] = {
     JobKind.EMBED: KindEntry(
         JobKind.EMBED, EmbedSpec, EmbedResult, "gpu.embed", 600.0, ("input",), ModelKind.EMBEDDING
+    ),
+    JobKind.GENERATE: KindEntry(
+        JobKind.GENERATE,
+        GenerateSpec,
+        GenerateResult,
+        "gpu.generate",
+        1800.0,
+        ("prompt", "messages"),
+        ModelKind.CAUSAL_LM,
     ),
     JobKind.PING: KindEntry(JobKind.PING, PingSpec, PingResult, "cpu.ping", 30.0, ("payload",)),
 }

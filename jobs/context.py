@@ -50,7 +50,13 @@ class JobsContext:
         )
         masker = PiiMasker(derive_key(secret, "pii"))
         service = JobService(
-            sessions, CeleryPublisher(celery), masker, events, derive_key(secret, "request"), models
+            sessions,
+            CeleryPublisher(celery),
+            masker,
+            events,
+            derive_key(secret, "request"),
+            models,
+            settings.max_new_tokens,
         )
         keys = KeyStore(sessions, derive_key(secret, "api-key"))
         return cls(settings, engine, sessions, celery, redis, events, models, service, keys)

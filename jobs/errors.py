@@ -3,7 +3,8 @@
     SeekqError
     ├── PermanentError            retrying cannot help; the job (or request) fails
     │   ├── SpecError             a spec or request is malformed or out of bounds
-    │   │   └── KindNotAvailableError   a known kind with no runner in this release
+    │   │   ├── KindNotAvailableError   a known kind with no runner in this release
+    │   │   └── ContextLengthError      prompt + max_new_tokens exceed the model's context
     │   ├── JobNotFoundError      no such job for this tenant
     │   ├── InvalidTransitionError  a status change the state machine forbids
     │   ├── ModelNotFoundError    the model is not in the registry / not loaded here
@@ -17,6 +18,8 @@
 
 HTTP status codes are chosen at the edge (api_gateway), never here.
 """
+
+from typing import Any
 
 
 class SeekqError(Exception):
@@ -37,6 +40,10 @@ class SpecError(PermanentError):
 
 class KindNotAvailableError(SpecError):
     """The job kind is known but has no runner in this release."""
+
+
+class ContextLengthError(SpecError):
+    """The prompt plus the requested new tokens do not fit the model's context window."""
 
 
 class JobNotFoundError(PermanentError):
@@ -64,7 +71,12 @@ class BrokerUnavailableError(RetryableError):
 
 
 class JobCancelledError(SeekqError):
-    """A runner stopped early because the job's cancel was requested (or its lease lost)."""
+    """A runner stopped early because the job's cancel was requested (or its lease lost).
+    `partial` is the result so far (e.g. the text generated before the cancel), if any."""
+
+    def __init__(self, message: str, partial: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class JobFailedError(PermanentError):

@@ -118,9 +118,11 @@ class Lifecycle:
         values = {"error_type": error_type[:64], "error_message": message[:2000]}
         return self._end(claim.job_id, claim.attempt, JobStatus.FAILED, values)
 
-    def cancelled(self, claim: Claim) -> bool:
-        """The runner stopped on a cancel request: record the job as cancelled."""
-        return self._end(claim.job_id, claim.attempt, JobStatus.CANCELLED, {})
+    def cancelled(self, claim: Claim, partial: dict[str, Any] | None = None) -> bool:
+        """The runner stopped on a cancel request: record the job as cancelled, with the
+        partial result when the runner has one."""
+        values = {"result": partial} if partial is not None else {}
+        return self._end(claim.job_id, claim.attempt, JobStatus.CANCELLED, values)
 
     def release(self, claim: Claim) -> bool:
         """Give a running job back to the queue (a retryable failure); the caller republishes."""

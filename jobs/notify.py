@@ -16,6 +16,9 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "seekq:job:"
+# Cancel requests for running jobs: the message is the job id. Workers listen, so a running
+# generation stops within one decoding step instead of at its next lease check.
+CANCEL_CHANNEL = "seekq:cancel"
 # Waiters re-read SQL at least this often, so a lost notice only delays them.
 POLL_INTERVAL_S = 0.5
 
@@ -33,6 +36,12 @@ class JobEvents:
             self.redis.publish(channel(job_id), status)
         except RedisError as exc:
             log.warning("job notice not sent job_id=%s error=%s", job_id, type(exc).__name__)
+
+    def request_cancel(self, job_id: str) -> None:
+        try:
+            self.redis.publish(CANCEL_CHANNEL, job_id)
+        except RedisError as exc:  # the worker's lease check still sees it, later
+            log.warning("cancel notice not sent job_id=%s error=%s", job_id, type(exc).__name__)
 
     def wait(self, job_id: str, is_done: Callable[[], bool], timeout_s: float) -> bool:
         """Block until `is_done()` is true or the timeout passes; returns the last answer."""

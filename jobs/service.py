@@ -27,9 +27,11 @@ from jobs.errors import JobNotFoundError, SpecError
 from jobs.keys import Principal
 from jobs.notify import JobEvents
 from jobs.pii import POLICY_VERSION, PiiMasker
+from jobs.prompts import PromptFormats
 from jobs.queue import Publisher
 from jobs.records import AuditPage, AuditView, JobPage, JobView
 from jobs.registry import ModelRegistry
+from jobs.specs import MAX_NEW_TOKENS, GenerateSpec
 from jobs.status import JobStatus, check_transition, is_terminal
 from storage.repos import AuditRepo, JobPageQuery, JobRepo
 from storage.tables import AuditEventRow, JobRow
@@ -59,6 +61,7 @@ class JobService:
         events: JobEvents,
         request_key: bytes,
         models: ModelRegistry,
+        max_new_tokens: int = MAX_NEW_TOKENS,
     ) -> None:
         self.sessions = sessions
         self.publisher = publisher
@@ -66,6 +69,8 @@ class JobService:
         self.events = events
         self.request_key = request_key
         self.models = models
+        self.max_new_tokens = max_new_tokens
+        self.prompts = PromptFormats()
 
     def submit(
         self,
@@ -88,6 +93,8 @@ class JobService:
             if replay is not None:
                 return replay
         row, counts = self._new_row(who, entry, parsed, priority, idempotency_key, request_hash)
+        if isinstance(parsed, GenerateSpec):
+            self._check_generate(GenerateSpec.from_stored(row.spec))
         try:
             self._commit_new(who, row, counts)
         except IntegrityError:
@@ -98,6 +105,12 @@ class JobService:
             return replay
         self._dispatch(entry, row)
         return Submitted(job=JobView.from_row(row), created=True)
+
+    def _check_generate(self, masked: GenerateSpec) -> None:
+        """The operator's max_new_tokens cap, and the (masked) prompt fits the context."""
+        if masked.max_new_tokens > self.max_new_tokens:
+            raise SpecError(f"max_new_tokens: at most {self.max_new_tokens} on this server")
+        self.prompts.get(self.models.get(masked.model)).check_fits(masked)
 
     def get(self, who: Principal, job_id: str) -> JobView:
         with self.sessions() as session:
@@ -158,6 +171,8 @@ class JobService:
             AuditRepo(session).add(self._audit(who, job_id, "job.cancel_requested", {}, {}))
         if target is JobStatus.CANCELLED:
             self.events.announce(job_id, target.value)
+        else:
+            self.events.request_cancel(job_id)
         return self.get(who, job_id)
 
     def audit(self, who: Principal, *, limit: int = 50, cursor: str | None = None) -> AuditPage:
@@ -254,12 +269,22 @@ def mask_spec(
         if isinstance(value, str):
             masked = masker.mask(value)
             data[field], found = masked.text, masked.counts
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            data[field], found = _mask_messages(value, masker)
         elif isinstance(value, list):
             data[field], found = masker.mask_many(value)
         else:
             continue
         counts.update(found)
     return data, dict(counts)
+
+
+def _mask_messages(
+    messages: list[dict[str, Any]], masker: PiiMasker
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Chat messages with each `content` masked (roles are not user text)."""
+    contents, counts = masker.mask_many([m["content"] for m in messages])
+    return [{**m, "content": c} for m, c in zip(messages, contents, strict=True)], counts
 
 
 def _parse_status(status: str) -> str:

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.errors import ConfigError
+from jobs.specs import MAX_NEW_TOKENS
 from storage.settings import StorageSettings
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "password", "seekq"}
@@ -30,6 +31,8 @@ class JobsSettings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100)
     # The models file (JSON); unset: <data dir>/models.json.
     models_file: Path | None = None
+    # The largest max_new_tokens a generate job may ask for on this server.
+    max_new_tokens: int = Field(default=1024, ge=1, le=MAX_NEW_TOKENS)
     # Models allowed to run code shipped with them (trust_remote_code). Empty by default.
     trust_remote_code: frozenset[str] = frozenset()
 

@@ -8,9 +8,9 @@ number and NaN/Infinity are not floats. Sizes are bounded here so that every ent
 import base64
 import sys
 from array import array
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(:[A-Za-z0-9][A-Za-z0-9._\-]{0,127})?$"
@@ -24,6 +24,12 @@ EmbedText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> "StrictModel":
+        """A stored (validated, then masked) spec, rebuilt without re-checking the input
+        limits: masking may have made a text longer than they allow."""
+        return cls.model_construct(**data)
 
 
 class EmbedSpec(StrictModel):
@@ -52,6 +58,79 @@ def decode_vector(encoded: str) -> list[float]:
     if sys.byteorder != "little":
         values.byteswap()
     return values.tolist()
+
+
+MAX_PROMPT_CHARS = 65_536
+MAX_MESSAGES = 256
+MAX_NEW_TOKENS = 4096  # a hard ceiling; SEEKQ_MAX_NEW_TOKENS sets the operator's (lower) one
+MAX_STOP_STRINGS = 4
+MAX_BANNED_WORDS = 256
+MAX_WORD_CHARS = 64
+
+PromptText = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+Word = Annotated[str, Field(min_length=1, max_length=MAX_WORD_CHARS)]
+
+
+class ChatMessage(StrictModel):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+
+
+class GenerateSpec(StrictModel):
+    """Generate text from a prompt, or from chat messages through the model's chat template.
+
+    `temperature` 0 is greedy decoding; `top_k` 0 and `top_p` 1 turn those filters off.
+    `banned_words` are blocked token sequences (a LogitsProcessor): a guard against
+    exact words, not a content-safety guarantee (paraphrases and other spellings pass).
+    """
+
+    model: ModelName
+    prompt: PromptText | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
+    max_new_tokens: int = Field(default=64, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=1000)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: list[Word] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+    banned_words: list[Word] = Field(default_factory=list, max_length=MAX_BANNED_WORDS)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    # Publish tokens to the job's Redis stream as they are made (SSE at the gateway).
+    stream: bool = False
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> "GenerateSpec":
+        messages = data.get("messages")
+        if messages is not None:
+            data = {**data, "messages": [ChatMessage.model_construct(**m) for m in messages]}
+        return cls.model_construct(**data)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "GenerateSpec":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        return self
+
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class GenerateTiming(StrictModel):
+    queued_ms: float  # from the engine receiving the request to its prefill
+    first_token_ms: float  # from the engine receiving the request to the first token
+    total_ms: float
+
+
+class GenerateResult(StrictModel):
+    model: str
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    timing: GenerateTiming
+    # MoE models: tokens routed to each expert, per MoE layer ("layer index" -> counts by
+    # expert). Each layer sums to (prompt_tokens + completion_tokens - 1) * top_k.
+    expert_counts: dict[str, list[int]] | None = None
 
 
 class PingSpec(StrictModel):

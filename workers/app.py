@@ -8,7 +8,13 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from jobs.catalog import CATALOG, KindEntry
 from jobs.context import JobsContext
@@ -16,6 +22,8 @@ from jobs.errors import RetryableError
 from jobs.lifecycle import LeaseHeldError
 from jobs.queue import make_celery
 from jobs.settings import get_jobs_settings
+from jobs.streams import TokenStreams
+from workers.cancel import CancelWatch
 from workers.execution import execute
 from workers.pool import ModelPool
 from workers.runners import RUNNERS
@@ -27,11 +35,14 @@ READY_MESSAGE = "seekq worker ready"
 
 
 class WorkerState:
-    """What a worker process holds between tasks; filled in by `start`."""
+    """What a worker process holds between tasks; filled in by `start`: in
+    `worker_process_init` for the prefork and solo pools (after any fork), in
+    `worker_init` for the threads pool (which has no child processes)."""
 
     def __init__(self) -> None:
         self.context: JobsContext | None = None
         self.pool: ModelPool | None = None
+        self.cancels: CancelWatch | None = None
 
     def start(self, **_: Any) -> None:
         settings = get_worker_settings()
@@ -40,12 +51,22 @@ class WorkerState:
 
             torch.set_num_threads(settings.torch_threads)
         self.context = JobsContext.create()
-        self.pool = ModelPool(self.context.models, settings)
+        self.cancels = CancelWatch(self.context.redis)
+        streams = TokenStreams(self.context.redis)
+        self.pool = ModelPool(self.context.models, settings, streams=streams.write)
         self.pool.preload()
+
+    def start_threads_pool(self, sender: Any = None, **_: Any) -> None:
+        pool_cls = getattr(sender, "pool_cls", None)
+        name = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
+        if "thread" in str(name):
+            self.start()
 
     def stop(self, **_: Any) -> None:
         if self.pool is not None:
             self.pool.close()
+        if self.cancels is not None:
+            self.cancels.close()
         if self.context is not None:
             self.context.close()
 
@@ -61,7 +82,9 @@ def create_worker_app() -> Celery:
     for entry in CATALOG.values():
         _register(app, entry, state)
     worker_process_init.connect(state.start, weak=False)
+    worker_init.connect(state.start_threads_pool, weak=False)
     worker_process_shutdown.connect(state.stop, weak=False)
+    worker_shutdown.connect(state.stop, weak=False)
     worker_ready.connect(lambda **_: log.warning(READY_MESSAGE), weak=False)
     return app
 
@@ -73,7 +96,15 @@ def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
         context, pool = state.require()
         lifecycle = context.lifecycle(task.request.hostname)
         try:
-            outcome = execute(job_id, entry, runner, lifecycle, pool, context.settings.max_attempts)
+            outcome = execute(
+                job_id,
+                entry,
+                runner,
+                lifecycle,
+                pool,
+                context.settings.max_attempts,
+                state.cancels,
+            )
         except LeaseHeldError as exc:
             raise task.retry(countdown=exc.retry_in_s, max_retries=None) from None
         except RetryableError:

@@ -1,66 +1,116 @@
-"""The model pool: models loaded once per worker process and handed to every job."""
+"""The model pool: models loaded once per worker process and handed to every job.
 
-import importlib
+Thread-safe: with the threads pool (generate queues) many task threads ask for the same
+model at once; each model is loaded once, under a lock.
+"""
+
 import logging
+import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from jobs.errors import ConfigError
-from jobs.registry import ModelEntry, ModelKind, ModelRegistry
+from jobs.registry import ModelEntry, ModelKind, ModelRegistry, resolve_source
+from jobs.streams import StreamEntry
 from workers.backends import Embedder, embedder_loader
+from workers.engine import EngineMetrics
 from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from workers.backends.causal_lm import CausalLM
 
 log = logging.getLogger(__name__)
 
-PACKAGE_PREFIX = "package:"
+T = TypeVar("T")
+StreamWriter = Callable[[list[StreamEntry]], None]
 
 
 class ModelPool:
-    def __init__(self, registry: ModelRegistry, settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: WorkerSettings,
+        *,
+        streams: StreamWriter | None = None,
+        metrics: EngineMetrics | None = None,
+    ) -> None:
         self.registry = registry
         self.settings = settings
+        self.streams = streams
+        self.metrics = metrics
         self._embedders: dict[str, Embedder] = {}
+        self._causal_lms: dict[str, CausalLM] = {}
+        self._lock = threading.Lock()
 
     def preload(self) -> None:
         for name in self.settings.preload_models:
             entry = self.registry.get(name)
             if entry.kind is ModelKind.EMBEDDING:
                 self.embedder(name)
+            elif entry.kind is ModelKind.CAUSAL_LM:
+                self.causal_lm(name)
 
     def embedder(self, name: str) -> Embedder:
         """The loaded embedder for `name`; the first call in a process loads it."""
-        if name not in self._embedders:
-            self._embedders[name] = self._load_embedder(
-                self.registry.get(name, ModelKind.EMBEDDING)
-            )
-        return self._embedders[name]
+        with self._lock:
+            if name not in self._embedders:
+                entry = self.registry.get(name, ModelKind.EMBEDDING)
+                self._embedders[name] = self._timed(entry, self._load_embedder)
+            return self._embedders[name]
+
+    def causal_lm(self, name: str) -> "CausalLM":
+        """The loaded causal LM (and its running batching engine) for `name`."""
+        with self._lock:
+            if name not in self._causal_lms:
+                entry = self.registry.get(name, ModelKind.CAUSAL_LM)
+                self._causal_lms[name] = self._timed(entry, self._load_causal_lm)
+            return self._causal_lms[name]
+
+    def _timed(self, entry: ModelEntry, load: Callable[[ModelEntry], T]) -> T:
+        started = time.perf_counter()
+        loaded = load(entry)
+        log.info("loaded %s in %.1fs", entry.name, time.perf_counter() - started)
+        return loaded
 
     def _load_embedder(self, entry: ModelEntry) -> Embedder:
-        started = time.perf_counter()
         loader = embedder_loader(entry.backend)
-        embedder = loader(
+        return loader(
             resolve_source(entry.source),
             device=self.settings.device,
             batch_tokens=self.settings.embed_batch_tokens,
             max_batch=self.settings.embed_max_batch,
             trust_remote_code=entry.trust_remote_code,
         )
-        log.info("loaded %s in %.1fs", entry.name, time.perf_counter() - started)
-        return embedder
+
+    def _load_causal_lm(self, entry: ModelEntry) -> "CausalLM":
+        if entry.backend != "hf":
+            raise ConfigError(f"model '{entry.name}': no causal-lm backend {entry.backend!r}")
+        from workers.backends.causal_lm import CausalLM, context_length, load_causal_lm
+        from workers.engine import GenerationEngine
+
+        model, tokenizer = load_causal_lm(
+            resolve_source(entry.source),
+            device=self.settings.device,
+            trust_remote_code=entry.trust_remote_code,
+        )
+        engine = GenerationEngine(
+            entry.name,
+            model,
+            tokenizer,  # type: ignore[arg-type]
+            max_batch=self.settings.generate_max_batch,
+            continuous=self.settings.generate_continuous,
+            pad_to_multiple_of=8 if self.settings.device.startswith("cuda") else None,
+            streams=self.streams,
+            metrics=self.metrics,
+        )
+        return CausalLM(entry.name, engine, context_length(model))
 
     def close(self) -> None:
-        for embedder in self._embedders.values():
-            embedder.close()
-        self._embedders.clear()
-
-
-def resolve_source(source: str) -> Path:
-    """A registry source as a directory: a path, or package:<module> that ships the files."""
-    if source.startswith(PACKAGE_PREFIX):
-        module = importlib.import_module(source.removeprefix(PACKAGE_PREFIX))
-        path = Path(module.get_model_path())
-    else:
-        path = Path(source)
-    if not path.is_dir():
-        raise ConfigError(f"model source {source!r} is not a directory")
-    return path
+        with self._lock:
+            for embedder in self._embedders.values():
+                embedder.close()
+            for lm in self._causal_lms.values():
+                lm.close()
+            self._embedders.clear()
+            self._causal_lms.clear()

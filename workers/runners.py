@@ -2,21 +2,43 @@
 
 import base64
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
 from jobs.catalog import CATALOG, JobKind
-from jobs.specs import EmbedResult, EmbedSpec, PingResult, PingSpec
+from jobs.errors import JobCancelledError
+from jobs.prompts import check_context
+from jobs.specs import (
+    EmbedResult,
+    EmbedSpec,
+    GenerateResult,
+    GenerateSpec,
+    GenerateTiming,
+    PingResult,
+    PingSpec,
+)
+from workers.engine import Generation, Request
 from workers.pool import ModelPool
+from workers.sampling import SamplingParams
 
 ShouldStop = Callable[[], bool]
-Runner = Callable[[BaseModel, ModelPool, ShouldStop], BaseModel]
 
 
-def run_embed(spec: BaseModel, pool: ModelPool, should_stop: ShouldStop) -> BaseModel:
+@dataclass(frozen=True)
+class RunningJob:
+    job_id: str
+    # True once the job's cancel is requested or its attempt lost the job; cheap to call.
+    should_stop: ShouldStop
+
+
+Runner = Callable[[BaseModel, ModelPool, RunningJob], BaseModel]
+
+
+def run_embed(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
     assert isinstance(spec, EmbedSpec)
     embedder = pool.embedder(spec.model)
-    out = embedder.embed(spec.input, spec.normalize, should_stop)
+    out = embedder.embed(spec.input, spec.normalize, job.should_stop)
     little_endian = out.vectors.astype("<f4", copy=False)
     return EmbedResult(
         model=spec.model,
@@ -27,13 +49,57 @@ def run_embed(spec: BaseModel, pool: ModelPool, should_stop: ShouldStop) -> Base
     )
 
 
-def run_ping(spec: BaseModel, pool: ModelPool, should_stop: ShouldStop) -> BaseModel:
+def run_generate(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
+    """Hand the request to the model's batching engine and wait for it to finish."""
+    assert isinstance(spec, GenerateSpec)
+    lm = pool.causal_lm(spec.model)
+    prompt_ids = lm.encode(spec)
+    check_context(len(prompt_ids), spec.max_new_tokens, lm.context_length)
+    request = Request(job.job_id, prompt_ids, sampling_params(spec), spec.stream, job.should_stop)
+    result = generate_result(spec.model, lm.engine.submit(request).result())
+    if result.finish_reason == "cancelled":
+        raise JobCancelledError("cancelled while generating", result.model_dump(mode="json"))
+    return result
+
+
+def sampling_params(spec: GenerateSpec) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        repetition_penalty=spec.repetition_penalty,
+        seed=spec.seed,
+        stop=tuple(spec.stop),
+        banned_words=tuple(spec.banned_words),
+    )
+
+
+def generate_result(model: str, generation: Generation) -> GenerateResult:
+    counts = generation.expert_counts
+    return GenerateResult(
+        model=model,
+        text=generation.text,
+        finish_reason=generation.finish_reason,  # type: ignore[arg-type]
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        timing=GenerateTiming(
+            queued_ms=generation.queued_s * 1000,
+            first_token_ms=generation.first_token_s * 1000,
+            total_ms=generation.total_s * 1000,
+        ),
+        expert_counts={str(k): v for k, v in counts.items()} if counts is not None else None,
+    )
+
+
+def run_ping(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
     assert isinstance(spec, PingSpec)
     return PingResult(payload=spec.payload)
 
 
 RUNNERS: Mapping[JobKind, Runner] = {
     JobKind.EMBED: run_embed,
+    JobKind.GENERATE: run_generate,
     JobKind.PING: run_ping,
 }
 

@@ -17,6 +17,10 @@ class WorkerSettings(BaseSettings):
     # Loaded in worker_process_init so the first job does not pay for it.
     preload_models: list[str] = ["all-MiniLM-L6-v2"]
     torch_threads: int | None = Field(default=None, ge=1)
+    # Generate jobs: sequences decoded together by one model's engine (the threads pool
+    # runs this many generate tasks at once), and continuous (iteration-level) admission.
+    generate_max_batch: int = Field(default=32, ge=1, le=1024)
+    generate_continuous: bool = True
 
 
 @lru_cache
