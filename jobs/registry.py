@@ -14,6 +14,7 @@ is not there (a gateway without the model files) the check is left to the worker
 loader, which refuses such configs too.
 """
 
+import importlib
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -170,3 +171,18 @@ def register(path: Path, item: ModelFileEntry) -> None:
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(kept, indent=2) + "\n")
     temporary.replace(path)
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_source(source: str) -> Path:
+    """A registry source as a directory: a path, or package:<module> that ships the files."""
+    if source.startswith(PACKAGE_PREFIX):
+        module = importlib.import_module(source.removeprefix(PACKAGE_PREFIX))
+        path = Path(module.get_model_path())
+    else:
+        path = Path(source)
+    if not path.is_dir():
+        raise ConfigError(f"model source {source!r} is not a directory")
+    return path
