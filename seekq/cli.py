@@ -83,8 +83,12 @@ def worker(
         "gpu.embed,cpu.ping"
     ),
     gpu: Annotated[int | None, typer.Option(help="Pin to this CUDA device.")] = None,
-    pool: Annotated[str, typer.Option(help="solo | threads | prefork")] = "solo",
-    concurrency: int = 1,
+    pool: Annotated[
+        str, typer.Option(help="auto (threads for generate queues, else solo) | solo | threads")
+    ] = "auto",
+    concurrency: Annotated[
+        int | None, typer.Option(help="Task slots (auto: SEEKQ_GENERATE_MAX_BATCH or 1).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     log_level: str = "INFO",
 ) -> None:

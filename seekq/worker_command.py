@@ -1,28 +1,43 @@
-"""`seekq worker`: pin the GPU first, then import the worker app and hand over to Celery."""
+"""`seekq worker`: pin the GPU first, then import the worker app and hand over to Celery.
 
+Pools: a generate queue runs on the threads pool with one thread per batch slot (the
+task threads hand requests to the model's batching engine and wait); other queues run
+one job at a time on the solo pool. `--pool` overrides.
+"""
+
+import json
 import os
 
 import typer
 
-from jobs.catalog import CATALOG
+from jobs.catalog import CATALOG, JobKind
 from jobs.catalog import queues as known_queues
+from jobs.registry import ModelKind, ModelRegistry
+from jobs.settings import get_jobs_settings
 from seekq import logs
+from storage.settings import get_storage_settings
 
 CUDA_SAFE_POOLS = {"solo", "threads"}
+GENERATE_QUEUE = CATALOG[JobKind.GENERATE].queue
+EMBED_QUEUE = CATALOG[JobKind.EMBED].queue
 
 
 def run_worker(
-    queues: str, gpu: int | None, pool: str, concurrency: int, name: str | None, log_level: str
+    queues: str,
+    gpu: int | None,
+    pool: str,
+    concurrency: int | None,
+    name: str | None,
+    log_level: str,
 ) -> None:
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(known_queues()))
     if not wanted or unknown:
         raise typer.BadParameter(f"unknown queues {unknown}; known: {known_queues()}")
+    pool, concurrency = _pool_for(wanted, pool, concurrency)
     if gpu is not None:
         _pin_gpu(gpu, pool)
-    if not any(e.model_kind for e in CATALOG.values() if e.queue in wanted):
-        # No queue here runs a model: don't spend a model load on process start.
-        os.environ.setdefault("SEEKQ_PRELOAD_MODELS", "[]")
+    os.environ.setdefault("SEEKQ_PRELOAD_MODELS", _preload_for(wanted))
     logs.configure(log_level)
     # Imported only now: CUDA_VISIBLE_DEVICES must be set before anything imports torch.
     from workers.app import app
@@ -32,6 +47,31 @@ def run_worker(
     argv += ["-n", name or f"seekq-{device}@%h", "-l", log_level, "-E"]
     argv += ["--without-gossip", "--without-mingle"]
     app.worker_main(argv)
+
+
+def _pool_for(queues: list[str], pool: str, concurrency: int | None) -> tuple[str, int]:
+    if pool != "auto":
+        return pool, concurrency or 1
+    if GENERATE_QUEUE in queues:
+        from workers.settings import get_worker_settings
+
+        return "threads", concurrency or get_worker_settings().generate_max_batch
+    return "solo", 1
+
+
+def _preload_for(queues: list[str]) -> str:
+    """Models to load at start (a JSON list): those the worker's queues run. The embedding
+    default, and every registered causal LM for a generate queue."""
+    names = []
+    if EMBED_QUEUE in queues:
+        names.append("all-MiniLM-L6-v2")
+    if GENERATE_QUEUE in queues:
+        settings = get_jobs_settings()
+        registry = ModelRegistry.load(
+            settings.resolved_models_file(get_storage_settings()), settings.trust_remote_code
+        )
+        names += [e.name for e in registry.all() if e.kind is ModelKind.CAUSAL_LM]
+    return json.dumps(names)
 
 
 def _pin_gpu(gpu: int, pool: str) -> None:

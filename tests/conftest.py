@@ -36,6 +36,7 @@ TEST_SECRET = "test-secret-" + "x" * 40
 # Redis databases 10-15 belong to the tests; each stack flushes its own before use.
 REDIS_DB = {"sqlite": 10, "postgresql": 11}
 WORKER_START_TIMEOUT_S = 120
+TINY_MODEL = "tiny-deepseek"
 
 
 @pytest.fixture(scope="session")
@@ -176,14 +177,31 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models file registering the tiny DeepSeek-V3 MoE (made once per session) as
+    `tiny-deepseek`, the way `seekq models make-tiny` does."""
+    from jobs.registry import ModelFileEntry, ModelKind, register
+    from workers.models.tiny import make_tiny_deepseek
+
+    root = tmp_path_factory.mktemp("models")
+    target = make_tiny_deepseek(root / TINY_MODEL)
+    path = root / "models.json"
+    register(path, ModelFileEntry(name=TINY_MODEL, kind=ModelKind.CAUSAL_LM, path=str(target)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack(
+    database_url: str, models_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
     tmp = tmp_path_factory.mktemp(f"stack-{backend}")
     redis_db = REDIS_DB[backend]
     flush_redis(redis_db)
     upgrade(database_url)
-    worker = WorkerProcess(stack_env(database_url, redis_db, tmp), tmp / "worker.log").start()
-    context = make_context(database_url, redis_db)
+    env = stack_env(database_url, redis_db, tmp, SEEKQ_MODELS_FILE=str(models_file))
+    worker = WorkerProcess(env, tmp / "worker.log").start()
+    context = make_context(database_url, redis_db, models_file=models_file)
     port = free_port()
     app = create_app(context, GatewaySettings(port=port, wait_timeout_s=60))
     server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -236,6 +254,6 @@ def quiet_context(stack: Stack) -> Iterator[JobsContext]:
     plays the worker itself, or starts its own."""
     db = stack.redis_db + 2
     flush_redis(db)
-    context = make_context(stack.database_url, db)
+    context = make_context(stack.database_url, db, models_file=stack.context.settings.models_file)
     yield context
     context.close()

@@ -24,6 +24,7 @@ from jobs.queue import make_celery
 from jobs.settings import get_jobs_settings
 from jobs.streams import TokenStreams
 from workers.cancel import CancelWatch
+from workers.metrics import GenerationMetrics
 from workers.execution import execute
 from workers.pool import ModelPool
 from workers.runners import RUNNERS
@@ -43,6 +44,7 @@ class WorkerState:
         self.context: JobsContext | None = None
         self.pool: ModelPool | None = None
         self.cancels: CancelWatch | None = None
+        self.metrics: GenerationMetrics | None = None
 
     def start(self, **_: Any) -> None:
         settings = get_worker_settings()
@@ -52,8 +54,14 @@ class WorkerState:
             torch.set_num_threads(settings.torch_threads)
         self.context = JobsContext.create()
         self.cancels = CancelWatch(self.context.redis)
+        self.metrics = GenerationMetrics()
+        if settings.metrics_port is not None:
+            port = self.metrics.serve(settings.metrics_port, settings.metrics_addr)
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, port)
         streams = TokenStreams(self.context.redis)
-        self.pool = ModelPool(self.context.models, settings, streams=streams.write)
+        self.pool = ModelPool(
+            self.context.models, settings, streams=streams.write, metrics=self.metrics
+        )
         self.pool.preload()
 
     def start_threads_pool(self, sender: Any = None, **_: Any) -> None:
@@ -69,6 +77,8 @@ class WorkerState:
             self.cancels.close()
         if self.context is not None:
             self.context.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def require(self) -> tuple[JobsContext, ModelPool]:
         if self.context is None or self.pool is None:

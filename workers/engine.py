@@ -55,7 +55,7 @@ class EngineMetrics(Protocol):
         model: str,
         prompt_tokens: int,
         completion_tokens: int,
-        first_token_s: float,
+        first_token_s: float | None,
         finish_reason: str,
     ) -> None: ...
 
@@ -240,6 +240,7 @@ class GenerationEngine:
                 self._fail_all(exc)
         self._fail_all(RuntimeError("generation engine stopped"))
 
+    @torch.inference_mode()
     def _iterate(self) -> None:
         admitted = self._admit()
         if admitted:
@@ -274,7 +275,6 @@ class GenerationEngine:
         self._finish([sequence])
         return True
 
-    @torch.inference_mode()
     def _prefill(self, requests: list[Request]) -> Batch:
         sequences = [Sequence(r, self) for r in requests]
         ids, mask = self._pad([r.prompt_ids for r in requests])
@@ -296,7 +296,6 @@ class GenerationEngine:
         logits = out.logits[:, -1].float()
         return Batch(sequences, cache, F.pad(mask, (0, 1), value=1), logits, experts)
 
-    @torch.inference_mode()
     def _decode_step(self, batch: Batch) -> None:
         tokens = torch.tensor(
             [[s.history[-1]] for s in batch.sequences], device=self.device, dtype=torch.long
@@ -385,7 +384,7 @@ class GenerationEngine:
                     self.name,
                     generation.prompt_tokens,
                     generation.completion_tokens,
-                    generation.first_token_s,
+                    generation.first_token_s if sequence.first_token_at else None,
                     generation.finish_reason,
                 )
             sequence.request.future.set_result(generation)

@@ -21,6 +21,10 @@ class WorkerSettings(BaseSettings):
     # runs this many generate tasks at once), and continuous (iteration-level) admission.
     generate_max_batch: int = Field(default=32, ge=1, le=1024)
     generate_continuous: bool = True
+    # Prometheus metrics of this worker process (generation, MoE experts) on this port of
+    # metrics_addr; unset: not served.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_addr: str = "127.0.0.1"
 
 
 @lru_cache

@@ -1,0 +1,198 @@
+"""Generate jobs end to end: a real `seekq worker -Q gpu.generate` process (threads pool,
+continuous-batching engine) running the tiny DeepSeek-V3 MoE, real Redis, real SQL."""
+
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jobs.errors import ConfigError
+from jobs.registry import ModelFileEntry, ModelKind, register
+from seekq.embedded import free_port
+from tests.conftest import TINY_MODEL, Stack, WorkerProcess, stack_env
+
+WAIT_S = 60.0
+PROMPT = "the queue keeps every job"
+
+
+@dataclass
+class Generator:
+    worker: WorkerProcess
+    metrics_url: str
+
+
+@pytest.fixture(scope="module")
+def generator(stack: Stack) -> Iterator[Generator]:
+    """A generate worker next to the session's embed worker, exporting its metrics."""
+    models_file = stack.context.settings.models_file
+    assert models_file is not None
+    port = free_port()
+    env = stack_env(
+        stack.database_url,
+        stack.redis_db,
+        stack.tmp,
+        SEEKQ_MODELS_FILE=str(models_file),
+        SEEKQ_METRICS_PORT=str(port),
+        SEEKQ_GENERATE_MAX_BATCH="16",
+    )
+    worker = WorkerProcess(env, stack.tmp / "generate-worker.log", queues="gpu.generate")
+    yield Generator(worker.start(), f"http://127.0.0.1:{port}/metrics")
+    worker.stop()
+
+
+def generate(stack: Stack, **spec: Any) -> dict[str, Any]:
+    spec = {"model": TINY_MODEL, "prompt": PROMPT, **spec}
+    with stack.client() as client:
+        job = client.wait(client.submit("generate", spec)["id"], timeout_s=WAIT_S)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def test_max_new_tokens_and_expert_counts(stack: Stack, generator: Generator) -> None:
+    result = generate(stack, max_new_tokens=24, seed=1)["result"]
+    assert result["completion_tokens"] <= 24
+    if result["finish_reason"] == "length":
+        assert result["completion_tokens"] == 24
+    # Every token fed through the model (the prompt, and each generated token but the
+    # last) is routed to top-k = 2 experts in each of the 3 MoE layers (layer 0 is dense).
+    fed = result["prompt_tokens"] + result["completion_tokens"] - 1
+    assert sorted(result["expert_counts"]) == ["1", "2", "3"]
+    for counts in result["expert_counts"].values():
+        assert len(counts) == 8
+        assert sum(counts) == fed * 2
+    assert result["timing"]["first_token_ms"] <= result["timing"]["total_ms"]
+
+
+def test_a_seed_reproduces_the_text(stack: Stack, generator: Generator) -> None:
+    first = generate(stack, max_new_tokens=32, seed=42)["result"]["text"]
+    again = generate(stack, max_new_tokens=32, seed=42)["result"]["text"]
+    other = generate(stack, max_new_tokens=32, seed=43)["result"]["text"]
+    assert first == again
+    assert first != other
+
+
+def test_greedy_matches_hf_generate(stack: Stack, generator: Generator) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    models_file = stack.context.settings.models_file
+    assert models_file is not None
+    directory = Path(models_file).parent / TINY_MODEL
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+    expected = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    got = generate(stack, max_new_tokens=20, temperature=0.0)["result"]["text"]
+    assert got == expected
+
+
+def test_stop_string_ends_the_text(stack: Stack, generator: Generator) -> None:
+    free = generate(stack, max_new_tokens=48, seed=5)["result"]["text"]
+    stop = next(free[i : i + 3] for i in range(4, len(free) - 3) if free[i : i + 3].isprintable())
+    result = generate(stack, max_new_tokens=48, seed=5, stop=[stop])["result"]
+    assert result["finish_reason"] == "stop"
+    assert result["text"] == free[: free.index(stop)]
+    assert stop not in result["text"]
+
+
+def test_banned_words_never_appear(stack: Stack, generator: Generator) -> None:
+    words_seen: list[str] = []
+    for seed in range(6):
+        text = generate(stack, max_new_tokens=64, seed=seed, temperature=0.8)["result"]["text"]
+        words_seen += re.findall(r"[A-Za-z]{3,}", text)
+    banned = sorted(set(words_seen))[:12]
+    assert banned, "the tiny model produced no words to ban"
+    pattern = re.compile(r"(?<!\w)(" + "|".join(banned) + r")(?!\w)", re.IGNORECASE)
+    for seed in range(6):
+        spec = {"max_new_tokens": 64, "seed": seed, "temperature": 0.8, "banned_words": banned}
+        text = generate(stack, **spec)["result"]["text"]
+        assert pattern.search(text) is None, (banned, text)
+
+
+def test_concurrent_jobs_are_batched(stack: Stack, generator: Generator) -> None:
+    def one(seed: int) -> dict[str, Any]:
+        return generate(stack, max_new_tokens=64, seed=seed)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        jobs = list(pool.map(one, range(12)))
+    assert all(job["status"] == "succeeded" for job in jobs)
+    metrics = httpx.get(generator.metrics_url, timeout=5).text
+    # The batch-size histogram: some decoding steps held more than one sequence.
+    count = _sample(metrics, "seekq_generate_batch_size_count", TINY_MODEL)
+    singles = _sample(metrics, 'seekq_generate_batch_size_bucket{le="1.0"', TINY_MODEL)
+    assert count > singles
+    assert _sample(metrics, "seekq_moe_expert_tokens_total", TINY_MODEL) > 0
+    assert 0 < _sample(metrics, "seekq_moe_expert_activation_rate", TINY_MODEL) <= 1
+
+
+def test_cancel_stops_a_running_generation(stack: Stack, generator: Generator) -> None:
+    spec = {"model": TINY_MODEL, "prompt": PROMPT, "max_new_tokens": 480, "stream": True}
+    with stack.client() as client:
+        job = client.submit("generate", spec)
+        key = f"seekq:stream:{job['id']}"
+        deadline = time.monotonic() + WAIT_S
+        while not stack.context.redis.xlen(key) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.cancel(job["id"])
+        asked = time.monotonic()
+        done = client.wait(job["id"], timeout_s=WAIT_S)
+        took_s = time.monotonic() - asked
+    assert done["status"] == "cancelled"
+    result = done["result"]
+    assert result["finish_reason"] == "cancelled"
+    assert 0 < result["completion_tokens"] < 480
+    assert took_s < 2.0  # a decoding step is milliseconds; the SQL fallback would be 2 s
+
+
+def test_context_overflow_is_refused_before_queueing(stack: Stack) -> None:
+    spec = {"model": TINY_MODEL, "prompt": "hello " * 400, "max_new_tokens": 200}
+    with stack.http() as http:
+        response = http.post("/v1/jobs", json={"kind": "generate", "spec": spec})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert "512" in error["message"] and "hello" not in error["message"]
+
+
+def test_pickle_only_model_is_refused(stack: Stack, tmp_path: Path) -> None:
+    from jobs.registry import ModelRegistry
+    from workers.backends.causal_lm import load_causal_lm
+    from workers.models.tiny import make_tiny_deepseek
+
+    directory = make_tiny_deepseek(tmp_path / "pickled")
+    (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
+    models_file = tmp_path / "models.json"
+    register(
+        models_file, ModelFileEntry(name="pickled", kind=ModelKind.CAUSAL_LM, path=str(directory))
+    )
+    entry = ModelRegistry.load(models_file, frozenset()).get("pickled")
+    with pytest.raises(ConfigError, match=r"no \.safetensors weights.*pytorch_model\.bin"):
+        load_causal_lm(Path(entry.source), device="cpu")
+
+
+def test_remote_code_needs_the_allow_list(tmp_path: Path) -> None:
+    from jobs.registry import ModelRegistry
+
+    entry = ModelFileEntry(
+        name="custom", kind=ModelKind.CAUSAL_LM, path=str(tmp_path), trust_remote_code=True
+    )
+    register(tmp_path / "models.json", entry)
+    with pytest.raises(ConfigError, match="SEEKQ_TRUST_REMOTE_CODE"):
+        ModelRegistry.load(tmp_path / "models.json", frozenset())
+    allowed = ModelRegistry.load(tmp_path / "models.json", frozenset({"custom"}))
+    assert allowed.get("custom").trust_remote_code
+
+
+def _sample(metrics: str, name: str, model: str) -> float:
+    """The sum of the samples of `name` (a prefix, labels included) for `model`."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name) and f'model="{model}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
