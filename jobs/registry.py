@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -40,6 +41,8 @@ class ModelEntry:
     owned_by: str = "seekq"
     trust_remote_code: bool = False
     sliding_window: int | None = None  # attention window in tokens; None: the model's own
+    dtype: str = "auto"  # auto: float32 on the CPU, bfloat16 (or float16) on a GPU
+    device_map: str | None = None  # "auto": spread one model over the visible GPUs
 
     def __post_init__(self) -> None:
         if self.sliding_window is not None and self.sliding_window < 1:
@@ -58,6 +61,10 @@ class ModelFileEntry(BaseModel):
     owned_by: str = Field(default="local", max_length=64)
     trust_remote_code: bool = False
     sliding_window: int | None = Field(default=None, ge=1, description="attention window")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device_map: Literal["auto"] | None = Field(
+        default=None, description='"auto": spread the model over every visible GPU'
+    )
 
 
 MODELS_FILE = TypeAdapter(list[ModelFileEntry])
@@ -127,6 +134,8 @@ def _entry(item: ModelFileEntry, path: Path, trusted: frozenset[str]) -> ModelEn
         owned_by=item.owned_by,
         trust_remote_code=item.trust_remote_code,
         sliding_window=item.sliding_window,
+        dtype=item.dtype,
+        device_map=item.device_map,
     )
 
 

@@ -24,8 +24,8 @@ from jobs.queue import make_celery
 from jobs.settings import get_jobs_settings
 from jobs.streams import TokenStreams
 from workers.cancel import CancelWatch
-from workers.metrics import GenerationMetrics
 from workers.execution import execute
+from workers.metrics import GenerationMetrics
 from workers.pool import ModelPool
 from workers.runners import RUNNERS
 from workers.settings import get_worker_settings

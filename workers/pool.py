@@ -92,7 +92,10 @@ class ModelPool:
         model, tokenizer = load_causal_lm(
             resolve_source(entry.source),
             device=self.settings.device,
+            dtype=entry.dtype,
+            device_map=entry.device_map,
             trust_remote_code=entry.trust_remote_code,
+            sliding_window=entry.sliding_window,
         )
         engine = GenerationEngine(
             entry.name,

@@ -91,8 +91,9 @@ def test_catalog_shape() -> None:
     assert get_entry("embed").queue == "gpu.embed"
     assert get_entry(JobKind.EMBED).task_name == "seekq.embed"
     assert "gpu.embed" in queues()
+    assert get_entry("generate").queue == "gpu.generate"
     with pytest.raises(errors.KindNotAvailableError, match="not available"):
-        get_entry("generate")
+        get_entry("index")
     with pytest.raises(errors.SpecError, match="unknown job kind"):
         get_entry("teleport")
     for entry in CATALOG.values():

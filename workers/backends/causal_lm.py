@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from jobs.errors import ConfigError
 from jobs.prompts import CONTEXT_KEYS
 from jobs.specs import GenerateSpec
 from workers.backends.hf import require_safetensors
+from workers.backends.sliding import apply_sliding_window
 from workers.engine import GenerationEngine
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,16 @@ def load_causal_lm(
     dtype: str = "auto",
     device_map: str | None = None,
     trust_remote_code: bool = False,
+    sliding_window: int | None = None,
 ) -> tuple[PreTrainedModel, object]:
     """The model (eval mode, on `device` or spread by `device_map`) and its tokenizer."""
     require_safetensors(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path,
+        config=apply_sliding_window(config, sliding_window),
         dtype=resolve_dtype(dtype, device),
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
