@@ -89,6 +89,78 @@ def jobs_cancel(
         _show_job(_call(client.cancel, job_id), as_json)
 
 
+def generate_command(
+    prompt: Annotated[str, typer.Argument(help="The prompt (or, with --chat, the user message).")],
+    model: Annotated[str, typer.Option(envvar="SEEKQ_GENERATE_MODEL")] = "tiny-deepseek",
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    stop: Annotated[list[str] | None, typer.Option(help="A stop string (repeatable).")] = None,
+    ban: Annotated[list[str] | None, typer.Option(help="A banned word (repeatable).")] = None,
+    chat: Annotated[bool, typer.Option(help="Send the prompt as a chat user message.")] = False,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they are made.")] = True,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate text with a causal LM: a generate job, streamed as it runs."""
+    spec: dict[str, Any] = {
+        "model": model,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "seed": seed,
+        "stop": stop or [],
+        "banned_words": ban or [],
+        "stream": stream and not as_json,
+    }
+    if chat:
+        spec["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        spec["prompt"] = prompt
+    with _client(url, api_key) as client:
+        job = _call(client.submit, "generate", spec)
+        if spec["stream"]:
+            _call(_print_stream, client, job["id"])
+        job = _call(client.wait, job["id"], 120.0)
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+        return
+    _show_generation(job, streamed=bool(spec["stream"]))
+
+
+def _print_stream(client: SeekqClient, job_id: str) -> None:
+    for piece in client.stream_events(job_id):
+        typer.echo(printable(piece), nl=False)
+
+
+def _show_generation(job: dict[str, Any], streamed: bool) -> None:
+    result = job.get("result") or {}
+    if not streamed and result:
+        typer.echo(printable(result["text"]), nl=False)
+    typer.echo("")
+    if job.get("error"):
+        console.print(f"[red]error[/] {job['error']['type']}: {job['error']['message']}")
+        raise typer.Exit(1)
+    if result:
+        timing = result["timing"]
+        console.print(
+            f"[dim]{job['status']} · finish={result['finish_reason']} · "
+            f"{result['prompt_tokens']} prompt + {result['completion_tokens']} completion tokens · "
+            f"first token {timing['first_token_ms']:.0f} ms · total {timing['total_ms']:.0f} ms[/]"
+        )
+
+
+def printable(text: str) -> str:
+    """Model output for a terminal: control characters (escape sequences) shown escaped."""
+    return "".join(
+        c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text
+    )
+
+
 def audit_command(
     url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "", limit: int = 20, as_json: JsonOpt = False
 ) -> None:
@@ -123,6 +195,7 @@ def _texts(masked: dict[str, Any]) -> str:
             parts.append(value)
         elif isinstance(value, list):
             parts.extend(v for v in value if isinstance(v, str))
+            parts.extend(v["content"] for v in value if isinstance(v, dict) and "content" in v)
     text = " | ".join(parts) or "-"
     return text if len(text) <= 300 else text[:297] + "..."
 

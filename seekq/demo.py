@@ -7,8 +7,8 @@ from rich.table import Table
 
 from api_gateway.client import SeekqClient
 from jobs.specs import decode_vector
-from seekq.client_commands import audit_table
-from seekq.embedded import EmbeddedStack, free_port
+from seekq.client_commands import audit_table, printable
+from seekq.embedded import TINY_MODEL, EmbeddedStack, free_port
 
 DEMO_TEXTS = [
     "How do refunds work for annual plans?",
@@ -17,6 +17,7 @@ DEMO_TEXTS = [
     "FAISS searches millions of vectors in milliseconds.",
     "退款需要多长时间？",
 ]
+GENERATE_PROMPT = "Write to jane.doe@example.com about the refund for the annual plan"
 
 
 def run_demo(data_dir: Path, port: int, console: Console) -> None:
@@ -48,8 +49,40 @@ def _run_jobs(stack: EmbeddedStack, console: Console) -> None:
         submitted = [client.submit("embed", {"input": [text]}) for text in DEMO_TEXTS]
         done = [client.wait(job["id"], timeout_s=120) for job in submitted]
         console.print(_results_table(done))
+        _generate(client, console)
         console.print("[bold]audit trail[/] (what SQL holds: masked input, entity counts)")
-        console.print(audit_table(client.audit(limit=len(DEMO_TEXTS))["data"]))
+        console.print(audit_table(client.audit(limit=len(DEMO_TEXTS) + 2)["data"]))
+
+
+def _generate(client: SeekqClient, console: Console) -> None:
+    """A streamed generate job, then a chat job, on the tiny random DeepSeek-V3 MoE."""
+    console.print(
+        "[bold]generate[/] on the tiny DeepSeek-V3 MoE (random weights: gibberish, but the "
+        "real batching, streaming and expert routing). Streamed:"
+    )
+    spec = {"model": TINY_MODEL, "prompt": GENERATE_PROMPT, "max_new_tokens": 32, "seed": 7}
+    job = client.submit("generate", {**spec, "stream": True})
+    for piece in client.stream_events(job["id"]):
+        console.out(printable(piece), end="", highlight=False)
+    console.print()
+    stored = client.wait(job["id"], timeout_s=120)
+    chat = client.generate(
+        {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hello"}], "seed": 1}
+    )
+    table = Table("job", "status", "finish", "tokens in+out", "1st token", "top expert/layer")
+    for done in (stored, chat):
+        result = done.get("result") or {}
+        counts = result.get("expert_counts") or {}
+        busiest = {layer: c.index(max(c)) for layer, c in counts.items()}
+        table.add_row(
+            str(done["id"])[:8],
+            str(done["status"]),
+            str(result.get("finish_reason", "-")),
+            f"{result.get('prompt_tokens', '-')}+{result.get('completion_tokens', '-')}",
+            f"{result['timing']['first_token_ms']:.0f} ms" if result else "-",
+            " ".join(f"L{k}:E{v}" for k, v in busiest.items()),
+        )
+    console.print(table)
 
 
 def _results_table(jobs: list[dict[str, object]]) -> Table:

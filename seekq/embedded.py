@@ -17,13 +17,19 @@ from storage.migrate import upgrade
 from storage.settings import StorageSettings
 from workers.app import READY_MESSAGE
 
+TINY_MODEL = "tiny-deepseek"
+
 
 @dataclass
 class EmbeddedStack:
     data_dir: Path
     port: int = 8000
     redis_port: int = 0  # 0: pick a free one
-    queues: str = "gpu.embed,cpu.ping"
+    # One worker per queue group: embeddings one at a time (solo pool), generation on the
+    # threads pool feeding the batching engine.
+    workers: dict[str, str] = field(
+        default_factory=lambda: {"worker": "gpu.embed,cpu.ping", "worker-generate": "gpu.generate"}
+    )
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _redis: Any = None
 
@@ -52,7 +58,9 @@ class EmbeddedStack:
         self.log_dir.mkdir(exist_ok=True)
         self._start_redis()
         upgrade(StorageSettings(data_dir=self.data_dir).resolved_database_url())
-        self._spawn("worker", ["worker", "--queues", self.queues])
+        ensure_tiny_model(self.data_dir)
+        for name, queues in self.workers.items():
+            self._spawn(name, ["worker", "--queues", queues])
         self._spawn("gateway", ["gateway", "--port", str(self.port)])
         self._wait_ready(time.monotonic() + timeout_s)
 
@@ -93,7 +101,8 @@ class EmbeddedStack:
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             self._check_children()
-            if self._gateway_ready() and READY_MESSAGE in self._log("worker"):
+            workers_ready = all(READY_MESSAGE in self._log(name) for name in self.workers)
+            if workers_ready and self._gateway_ready():
                 return
             time.sleep(0.3)
         raise TimeoutError(f"seekq did not become ready; see logs in {self.log_dir}")
@@ -113,6 +122,24 @@ class EmbeddedStack:
     def _log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def ensure_tiny_model(data_dir: Path, name: str = TINY_MODEL) -> None:
+    """Register the tiny DeepSeek-V3 MoE (made on first use) unless a causal LM is
+    registered already, so generate jobs work on the embedded defaults."""
+    from jobs.registry import ModelFileEntry, ModelKind, ModelRegistry, register
+    from jobs.settings import JobsSettings
+
+    storage = StorageSettings(data_dir=data_dir)
+    settings = JobsSettings()
+    models_file = settings.resolved_models_file(storage)
+    registry = ModelRegistry.load(models_file, settings.trust_remote_code)
+    if any(entry.kind is ModelKind.CAUSAL_LM for entry in registry.all()):
+        return
+    from workers.models.tiny import make_tiny_deepseek
+
+    target = make_tiny_deepseek(data_dir / "models" / name)
+    register(models_file, ModelFileEntry(name=name, kind=ModelKind.CAUSAL_LM, path=str(target)))
 
 
 def free_port() -> int:
