@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from jobs.errors import ConfigError
@@ -196,3 +197,57 @@ def _sample(metrics: str, name: str, model: str) -> float:
         if line.startswith(name) and f'model="{model}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def openai_client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.key("acme"), max_retries=0)
+
+
+def test_openai_chat_stream_equals_the_stored_result(stack: Stack, generator: Generator) -> None:
+    client = openai_client(stack)
+    stream = client.chat.completions.create(
+        model=TINY_MODEL,
+        messages=[{"role": "user", "content": "hello, my mail is bob@example.com"}],
+        max_tokens=40,
+        seed=11,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage, ids = [], None, None, set()
+    for chunk in stream:
+        ids.add(chunk.id)
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert len(ids) == 1
+    job_id = ids.pop().removeprefix("chatcmpl-")
+    with stack.client() as native:
+        stored = native.get(job_id)
+    assert stored["status"] == "succeeded"
+    assert "".join(pieces) == stored["result"]["text"]
+    assert finish == stored["result"]["finish_reason"]
+    assert usage is not None and usage.completion_tokens == stored["result"]["completion_tokens"]
+    assert "bob@example.com" not in str(stored["spec"])
+
+
+def test_openai_completions_plain_and_streamed(stack: Stack, generator: Generator) -> None:
+    client = openai_client(stack)
+    plain = client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=24, seed=3)
+    streamed = client.completions.create(
+        model=TINY_MODEL, prompt=PROMPT, max_tokens=24, seed=3, stream=True
+    )
+    text = "".join(choice.text for chunk in streamed for choice in chunk.choices)
+    assert plain.choices[0].text == text
+    assert plain.usage is not None and plain.usage.completion_tokens <= 24
+    assert plain.choices[0].finish_reason in {"stop", "length"}
+
+
+def test_openai_errors_are_openai_errors(stack: Stack, generator: Generator) -> None:
+    client = openai_client(stack)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=TINY_MODEL, prompt="hello " * 400, max_tokens=200)
+    assert caught.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="hi", max_tokens=5)
