@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api_gateway import errors
+from api_gateway import errors, streaming
 from api_gateway.limits import BodySizeLimit
 from api_gateway.routes import health, jobs, openai
 from api_gateway.settings import GatewaySettings, get_gateway_settings
@@ -23,7 +23,9 @@ def create_app(
         owned = context is None
         app.state.context = context or JobsContext.create()
         app.state.settings = settings
+        app.state.stream_redis = streaming.connect(app.state.context.settings.broker_url)
         yield
+        await app.state.stream_redis.aclose()
         if owned:
             app.state.context.close()
 

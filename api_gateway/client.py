@@ -3,9 +3,15 @@
 client = SeekqClient("http://127.0.0.1:8000", api_key="sq_...")
 job = client.submit("embed", {"input": ["hello"]})
 job = client.wait(job["id"])
+
+job = client.submit("generate", {"model": "tiny-deepseek", "prompt": "hi", "stream": True})
+for text in client.stream_events(job["id"]):
+    print(text, end="")
 """
 
+import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -78,6 +84,27 @@ class SeekqClient:
             params["cursor"] = cursor
         return self._call("GET", "/v1/audit", params=params)
 
+    def generate(self, spec: dict[str, Any], *, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Submit a generate job and return it once terminal (or as it stands at timeout)."""
+        job = self.submit("generate", spec)
+        return self.wait(job["id"], timeout_s)
+
+    def stream_events(self, job_id: str) -> Iterator[str]:
+        """The job's text as it is made (GET /v1/jobs/{id}/events); returns when it is done.
+        Read the finished job with get(); a job late past the gateway's wait raises."""
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+            if response.is_error:
+                response.read()
+                raise _api_error(response)
+            for event, data in _sse_events(response.iter_lines()):
+                if event == "token":
+                    yield json.loads(data)["text"]
+                elif event == "done":
+                    return
+                elif event == "error":
+                    error = json.loads(data)["error"]
+                    raise SeekqAPIError(response.status_code, error["code"], error["message"])
+
     def embeddings(self, texts: list[str], model: str = "all-MiniLM-L6-v2") -> dict[str, Any]:
         return self._call("POST", "/v1/embeddings", json={"input": texts, "model": model})
 
@@ -96,6 +123,21 @@ class SeekqClient:
             raise _api_error(response)
         body: dict[str, Any] = response.json()
         return body
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs of a server-sent event stream; comments and ids are skipped."""
+    event = "message"
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
 
 
 def _api_error(response: httpx.Response) -> SeekqAPIError:

@@ -15,7 +15,9 @@ from jobs.errors import (
     AuthError,
     BrokerUnavailableError,
     ConfigError,
+    ContextLengthError,
     InvalidTransitionError,
+    JobCancelledError,
     JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
@@ -30,7 +32,9 @@ from jobs.service import IdempotencyConflictError
 STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (JobFailedError, 502, "job_failed"),
     (JobTimeoutError, 503, "job_timeout"),
+    (JobCancelledError, 409, "job_cancelled"),  # the job behind a synchronous call
     (IdempotencyConflictError, 409, "idempotency_conflict"),
+    (ContextLengthError, 400, "context_length_exceeded"),  # OpenAI's status and code
     (SpecError, 422, "invalid_request"),
     (JobNotFoundError, 404, "not_found"),
     (ModelNotFoundError, 404, "model_not_found"),

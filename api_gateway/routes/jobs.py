@@ -3,9 +3,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import StreamingResponse
 
-from api_gateway.deps import PrincipalDep, ServiceDep
+from api_gateway.deps import PrincipalDep, ServiceDep, SettingsDep
 from api_gateway.schemas import JobCreate
+from api_gateway.streaming import SSE_HEADERS, JobStream, StreamRedisDep, native_events
 from jobs.errors import SpecError
 from jobs.records import AuditPage, JobPage, JobView
 
@@ -45,6 +47,39 @@ def get_job(
     if wait > 0:
         return service.wait(who, job_id, wait)
     return service.get(who, job_id)
+
+
+EVENTS_DOC = (
+    'text/event-stream: `event: token` with `data: {"text": ...}` for each piece of '
+    "generated text, then `event: done` with the job (any final status); `event: error` "
+    "if the job is not finished within the gateway's wait timeout."
+)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": EVENTS_DOC,
+        }
+    },
+)
+def job_events(
+    job_id: str,
+    who: PrincipalDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    redis: StreamRedisDep,
+) -> StreamingResponse:
+    """A job's generated text as it is made, then the finished job. Works for any job: one
+    that does not stream sends its whole text (if any) once it is finished."""
+    service.get(who, job_id)  # an unknown job (or another tenant's) is a 404, not a stream
+    stream = JobStream(redis, service, who, job_id, settings.wait_timeout_s)
+    return StreamingResponse(
+        native_events(stream), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 @router.get("/jobs", response_model=JobPage)

@@ -1,31 +1,67 @@
-"""OpenAI-compatible endpoints: /v1/embeddings and /v1/models.
+"""OpenAI-compatible endpoints: /v1/embeddings, /v1/completions, /v1/chat/completions and
+/v1/models.
 
-/v1/embeddings submits an embed job like any other (masked, audited, queued) and waits
-for it, so the official `openai` package works unchanged.
+Each call submits a job like any other (masked, audited, queued) and waits for it, or, with
+`stream: true`, streams its text as OpenAI's server-sent events, so the official `openai`
+package works unchanged. Response ids end in the job id (`chatcmpl-<job id>`).
 """
 
+from typing import Any, Literal
+
 from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 
 from api_gateway.deps import ContextDep, PrincipalDep, ServiceDep, SettingsDep
 from api_gateway.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionUsage,
     EmbeddingData,
     EmbeddingsRequest,
     EmbeddingsResponse,
+    GenerationOptions,
     ModelCard,
     ModelList,
     Usage,
 )
+from api_gateway.streaming import (
+    SSE_HEADERS,
+    ChunkFormat,
+    JobStream,
+    StreamRedisDep,
+    generation_of,
+    openai_events,
+    usage_of,
+)
 from jobs.catalog import JobKind
 from jobs.errors import JobFailedError, JobTimeoutError, SpecError
+from jobs.keys import Principal
 from jobs.records import JobView
 from jobs.registry import ModelEntry
-from jobs.specs import EmbedResult, decode_vector
+from jobs.service import JobService
+from jobs.specs import EmbedResult, GenerateResult, decode_vector
 from jobs.status import JobStatus
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 # OpenAI-compatible calls are interactive: ahead of batch work of the default priority.
 INTERACTIVE_PRIORITY = 8
+STREAM_DOC = (
+    "With `stream: true`: text/event-stream of `data: <chunk JSON>` lines "
+    "(chat.completion.chunk or text_completion), ending with `data: [DONE]`; a failed, "
+    'cancelled or late job ends with `data: {"error": {...}}` instead.'
+)
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": STREAM_DOC,
+    }
+}
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse)
@@ -61,6 +97,83 @@ def _result_of(job: JobView) -> EmbedResult:
 def _encode(encoded: str, encoding_format: str) -> list[float] | str:
     """Results are stored as OpenAI's base64 already; floats are decoded on request."""
     return encoded if encoding_format == "base64" else decode_vector(encoded)
+
+
+@router.post("/completions", response_model=Completion, responses=STREAM_RESPONSES)
+def create_completion(
+    body: CompletionRequest,
+    who: PrincipalDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    redis: StreamRedisDep,
+) -> Completion | StreamingResponse:
+    """Text completion of one prompt. A cancelled job answers 409 `job_cancelled`."""
+    job = _submit(service, who, body.generate_spec())
+    if body.stream:
+        stream = JobStream(redis, service, who, job.id, settings.wait_timeout_s)
+        return _streaming(stream, _format(job, body, chat=False))
+    result = generation_of(service.wait(who, job.id, settings.wait_timeout_s))
+    choice = CompletionChoice(text=result.text, finish_reason=_finish(result))
+    return Completion(
+        id=f"cmpl-{job.id}",
+        created=_created(job),
+        model=body.model,
+        choices=[choice],
+        usage=_usage(result),
+    )
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
+def create_chat_completion(
+    body: ChatCompletionRequest,
+    who: PrincipalDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    redis: StreamRedisDep,
+) -> ChatCompletion | StreamingResponse:
+    """Chat completion through the model's chat template. A cancelled job answers 409
+    `job_cancelled`."""
+    job = _submit(service, who, body.generate_spec())
+    if body.stream:
+        stream = JobStream(redis, service, who, job.id, settings.wait_timeout_s)
+        return _streaming(stream, _format(job, body, chat=True))
+    result = generation_of(service.wait(who, job.id, settings.wait_timeout_s))
+    message = AssistantMessage(content=result.text)
+    return ChatCompletion(
+        id=f"chatcmpl-{job.id}",
+        created=_created(job),
+        model=body.model,
+        choices=[ChatChoice(message=message, finish_reason=_finish(result))],
+        usage=_usage(result),
+    )
+
+
+def _submit(service: JobService, who: Principal, spec: dict[str, Any]) -> JobView:
+    kind = JobKind.GENERATE.value
+    return service.submit(who, kind, spec, priority=INTERACTIVE_PRIORITY).job
+
+
+def _streaming(stream: JobStream, fmt: ChunkFormat) -> StreamingResponse:
+    events = openai_events(stream, fmt)
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _format(job: JobView, body: GenerationOptions, *, chat: bool) -> ChunkFormat:
+    prefix = "chatcmpl" if chat else "cmpl"
+    return ChunkFormat(chat, f"{prefix}-{job.id}", _created(job), body.model, body.include_usage)
+
+
+def _created(job: JobView) -> int:
+    return int(job.created_at.timestamp())
+
+
+def _finish(result: GenerateResult) -> Literal["stop", "length"]:
+    """generation_of() has turned a cancelled job into an error already."""
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _usage(result: GenerateResult) -> CompletionUsage:
+    return CompletionUsage(**usage_of(result))
 
 
 @router.get("/models", response_model=ModelList)
