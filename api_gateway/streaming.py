@@ -24,13 +24,19 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.errors import error_body, status_for
-from jobs.errors import JobCancelledError, JobFailedError, JobTimeoutError, SeekqError
+from jobs.errors import (
+    JobCancelledError,
+    JobFailedError,
+    JobTimeoutError,
+    SeekqError,
+    StreamRestartedError,
+)
 from jobs.keys import Principal
 from jobs.records import JobView
 from jobs.service import JobService
 from jobs.specs import GenerateResult
 from jobs.status import JobStatus, is_terminal
-from jobs.streams import DELTA_FIELD, END_FIELD, stream_key
+from jobs.streams import DELTA_FIELD, END_FIELD, RESTART_FIELD, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,11 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class Restarted:
+    """The job started over on another worker after text was already sent."""
+
+
+@dataclass(frozen=True)
 class JobEnd:
     job: JobView | None  # None: the deadline passed first
 
@@ -77,7 +88,7 @@ class JobStream:
     job_id: str
     timeout_s: float
 
-    async def events(self) -> AsyncIterator[TextDelta | JobEnd]:
+    async def events(self) -> AsyncIterator[TextDelta | Restarted | JobEnd]:
         deadline = time.monotonic() + self.timeout_s
         streamed: list[str] = []
         cursor = "0-0"
@@ -85,6 +96,9 @@ class JobStream:
             entries = await self._read(cursor)
             for entry_id, fields in entries:
                 cursor = entry_id
+                if RESTART_FIELD in fields and streamed:
+                    yield Restarted()
+                    return
                 if DELTA_FIELD in fields:
                     streamed.append(fields[DELTA_FIELD])
                     yield TextDelta(fields[DELTA_FIELD])
@@ -131,6 +145,13 @@ def unsent_text(job: JobView, streamed: str) -> str:
         log.warning("streamed text is not a prefix of the stored text job_id=%s", job.id)
         return ""
     return text[len(streamed) :]
+
+
+def restarted_error(job_id: str) -> StreamRestartedError:
+    return StreamRestartedError(
+        f"job {job_id} started over on another worker after a failure; its text starts "
+        f"again: read the result at GET /v1/jobs/{job_id}"
+    )
 
 
 def late_error(job_id: str, timeout_s: float) -> JobTimeoutError:
@@ -218,6 +239,9 @@ async def openai_events(stream: JobStream, fmt: ChunkFormat) -> AsyncIterator[st
         if isinstance(event, TextDelta):
             yield fmt.choice(event.text)
             continue
+        if isinstance(event, Restarted):
+            yield error_event(restarted_error(stream.job_id))
+            return
         if event.job is None:
             yield error_event(late_error(stream.job_id, stream.timeout_s))
             return
@@ -247,6 +271,8 @@ async def native_events(stream: JobStream) -> AsyncIterator[str]:
     async for event in stream.events():
         if isinstance(event, TextDelta):
             yield sse({"text": event.text}, "token")
+        elif isinstance(event, Restarted):
+            yield error_event(restarted_error(stream.job_id), "error")
         elif event.job is None:
             yield error_event(late_error(stream.job_id, stream.timeout_s), "error")
         else:

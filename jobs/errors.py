@@ -13,6 +13,7 @@
     │   └── ConfigError           settings that cannot work (placeholder secret, bad URL)
     ├── RetryableError            a transient failure; the same call may succeed later
     │   ├── BrokerUnavailableError  Redis could not take the message
+    │   ├── StreamRestartedError    a streamed job started over on another worker
     │   └── JobTimeoutError       the job a synchronous call waited for is not done yet
     └── JobCancelledError         a runner stopped because its job's cancel was requested
 
@@ -68,6 +69,11 @@ class ConfigError(PermanentError):
 
 class BrokerUnavailableError(RetryableError):
     """The broker did not accept the message; the job row is kept and can be re-dispatched."""
+
+
+class StreamRestartedError(RetryableError):
+    """A streamed job was taken over by another worker and its text starts over; what a
+    reader already sent cannot be taken back, so the stream ends with this error."""
 
 
 class JobCancelledError(SeekqError):

@@ -2,10 +2,13 @@
 
 One Redis stream per job (`seekq:stream:<job id>`), written only for specs with
 `stream: true`. Entries are {"d": text} for each piece of new text and, last, {"end":
-finish_reason} ("stop", "length", "cancelled" or "error"). A stream is a hint for live
-readers, never the source of truth: SQL holds the final text, and a reader that sees no
-entry for a while re-reads the job from SQL. Streams expire STREAM_TTL_S after their last
-write, so a reader that connects late still gets every entry from the first.
+finish_reason} ("stop", "length", "cancelled" or "error"). A later attempt (the job was
+taken over after a worker died) first writes {"restart": attempt}: its text starts over,
+so a reader that already sent text from the earlier attempt must not append to it.
+
+A stream is a hint for live readers, never the source of truth: SQL holds the final text,
+and a reader that sees no entry for a while re-reads the job from SQL. Streams expire
+STREAM_TTL_S after their last write, so a late reader still gets every entry.
 
 A stream carries generated text only: prompts never reach Redis unmasked (they are masked
 at submit, and the prompt is not written here at all).
@@ -26,6 +29,7 @@ STREAM_TTL_S = 3600
 STREAM_MAXLEN = 8192
 DELTA_FIELD = "d"
 END_FIELD = "end"
+RESTART_FIELD = "restart"
 
 
 def stream_key(job_id: str) -> str:
@@ -39,8 +43,11 @@ class StreamEntry:
     job_id: str
     delta: str = ""
     end: str | None = None
+    restart: int | None = None
 
     def fields(self) -> dict[str, str]:
+        if self.restart is not None:
+            return {RESTART_FIELD: str(self.restart)}
         return {END_FIELD: self.end} if self.end is not None else {DELTA_FIELD: self.delta}
 
 

@@ -244,7 +244,11 @@ class GenerationEngine:
     def _iterate(self) -> None:
         admitted = self._admit()
         if admitted:
-            group = self._prefill(admitted)
+            try:
+                group = self._prefill(admitted)
+            except Exception as exc:  # the new requests are in neither batch nor inbox
+                self._fail(admitted, exc)
+                raise
             self._batch = group if self._batch is None else self._batch.merge(group)
         if self._batch is None:
             return
@@ -424,19 +428,22 @@ class GenerationEngine:
         return ids.to(self.device), mask.to(self.device)
 
     def _fail_all(self, exc: Exception) -> None:
-        failed = list(self._batch.sequences) if self._batch else []
+        """Fail the running batch and everything waiting in the inbox."""
+        requests = [s.request for s in self._batch.sequences] if self._batch else []
         self._batch = None
-        requests = [s.request for s in failed]
         while True:
             try:
                 requests.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
-        for request in requests:
-            if not request.future.done():
-                request.future.set_exception(exc)
-        if self.streams is not None and requests:
-            self.streams([StreamEntry(r.key, end="error") for r in requests if r.stream])
+        self._fail(requests, exc)
+
+    def _fail(self, requests: list[Request], exc: Exception) -> None:
+        failed = [r for r in requests if not r.future.done()]
+        for request in failed:
+            request.future.set_exception(exc)
+        if self.streams is not None and failed:
+            self.streams([StreamEntry(r.key, end="error") for r in failed if r.stream])
 
 
 def _generation(

@@ -102,7 +102,7 @@ def execute(
     started = time.perf_counter()
     with LeaseKeeper(lifecycle, claim, cancels) as keeper:
         try:
-            result = runner(spec, pool, RunningJob(job_id, keeper.should_stop))
+            result = runner(spec, pool, RunningJob(job_id, claim.attempt, keeper.should_stop))
         except JobCancelledError as exc:
             return Outcome(job_id, _record_cancel(lifecycle, claim, exc.partial))
         except PermanentError as exc:

@@ -18,6 +18,7 @@ from jobs.specs import (
     PingResult,
     PingSpec,
 )
+from jobs.streams import StreamEntry
 from workers.engine import Generation, Request
 from workers.pool import ModelPool
 from workers.sampling import SamplingParams
@@ -28,6 +29,7 @@ ShouldStop = Callable[[], bool]
 @dataclass(frozen=True)
 class RunningJob:
     job_id: str
+    attempt: int
     # True once the job's cancel is requested or its attempt lost the job; cheap to call.
     should_stop: ShouldStop
 
@@ -55,6 +57,8 @@ def run_generate(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel
     lm = pool.causal_lm(spec.model)
     prompt_ids = lm.encode(spec)
     check_context(len(prompt_ids), spec.max_new_tokens, lm.context_length)
+    if spec.stream and job.attempt > 1 and pool.streams is not None:
+        pool.streams([StreamEntry(job.job_id, restart=job.attempt)])
     request = Request(job.job_id, prompt_ids, sampling_params(spec), spec.stream, job.should_stop)
     result = generate_result(spec.model, lm.engine.submit(request).result())
     if result.finish_reason == "cancelled":

@@ -90,6 +90,7 @@ class Script:
     finish_reason: str = "stop"
     fail: bool = False
     cancel_first: bool = False  # a cancel is requested while it runs
+    restart_after: int | None = None  # a takeover: {"restart": 2} after this many deltas
 
 
 class HandWorker(threading.Thread):
@@ -115,7 +116,9 @@ class HandWorker(threading.Thread):
         if self.script.cancel_first:
             self.context.service.cancel(self.who, self.job_id)
         streams = TokenStreams(self.context.redis)
-        for delta in self.script.deltas:
+        for index, delta in enumerate(self.script.deltas):
+            if index == self.script.restart_after:
+                streams.write([StreamEntry(self.job_id, restart=2)])
             streams.write([StreamEntry(self.job_id, delta=delta)])
             time.sleep(0.02)
         if self.script.end is not None:
@@ -187,6 +190,23 @@ def test_chat_stream_with_the_openai_package(gateway: Gateway) -> None:
     assert {c.id for c in chunks} == {f"chatcmpl-{job.id}"}
     assert {c.object for c in chunks} == {"chat.completion.chunk"}
     assert job.spec["stream"] is True and job.spec["max_new_tokens"] == 4 and job.priority == 8
+
+
+def test_a_restarted_generation_ends_the_stream_with_an_error(gateway: Gateway) -> None:
+    """Text already sent cannot be taken back: a takeover ends the stream with an error
+    that says where the final text is, instead of appending the new attempt's text."""
+    key, who = gateway.tenant()
+    worker = play(gateway, who, Script(["one", "two", "uno", "dos"], restart_after=2))
+    stream = gateway.openai(key).chat.completions.create(
+        model=MODEL, messages=messages(), stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError, match="started over on another worker"):
+        for chunk in stream:
+            received += [c.delta.content or "" for c in chunk.choices]
+    job = worker.finish()
+    assert "".join(received) == "onetwo"
+    assert job.status == "succeeded"
 
 
 def sse_data(response: httpx.Response) -> list[str]:
