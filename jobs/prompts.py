@@ -81,8 +81,8 @@ def check_context(prompt_tokens: int, max_new_tokens: int, context_length: int) 
     if prompt_tokens + max_new_tokens > context_length:
         raise ContextLengthError(
             f"this model's context is {context_length} tokens; the prompt has {prompt_tokens} "
-            f"and max_new_tokens asks for {max_new_tokens}: shorten the prompt or lower "
-            "max_new_tokens"
+            f"and max_new_tokens (OpenAI: max_tokens) asks for {max_new_tokens}: shorten the "
+            "prompt or ask for fewer new tokens"
         )
 
 
