@@ -107,9 +107,16 @@ class JobService:
         return Submitted(job=JobView.from_row(row), created=True)
 
     def _check_generate(self, masked: GenerateSpec) -> None:
-        """The operator's max_new_tokens cap, and the (masked) prompt fits the context."""
+        """The operator's max_new_tokens cap, no personal data in the word lists (they are
+        stored and queued as given: masking them would break them), and the masked prompt
+        fits the model's context."""
         if masked.max_new_tokens > self.max_new_tokens:
             raise SpecError(f"max_new_tokens: at most {self.max_new_tokens} on this server")
+        for field in ("stop", "banned_words"):
+            _, found = self.masker.mask_many(getattr(masked, field))
+            if found:
+                kinds = ", ".join(sorted(found))
+                raise SpecError(f"{field}: must not hold personal data (found {kinds})")
         self.prompts.get(self.models.get(masked.model)).check_fits(masked)
 
     def get(self, who: Principal, job_id: str) -> JobView:

@@ -161,6 +161,16 @@ def test_context_overflow_is_refused_before_queueing(stack: Stack) -> None:
     assert "512" in error["message"] and "hello" not in error["message"]
 
 
+def test_personal_data_in_word_lists_is_refused(stack: Stack) -> None:
+    spec = {"model": TINY_MODEL, "prompt": "hi", "banned_words": ["bob@example.com"]}
+    with stack.http() as http:
+        response = http.post("/v1/jobs", json={"kind": "generate", "spec": spec})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == (
+        "banned_words: must not hold personal data (found EMAIL)"
+    )
+
+
 def test_pickle_only_model_is_refused(stack: Stack, tmp_path: Path) -> None:
     from jobs.registry import ModelRegistry
     from workers.backends.causal_lm import load_causal_lm
