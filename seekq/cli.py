@@ -159,7 +159,12 @@ def models_list(as_json: JsonOpt = False) -> None:
         _print_json([vars(entry) for entry in entries])
         return
     for entry in entries:
-        console.print(f"{entry.name}  {entry.kind.value}  backend={entry.backend}  {entry.source}")
+        extras = f"  dtype={entry.dtype}" + (
+            f"  sliding_window={entry.sliding_window}" if entry.sliding_window else ""
+        )
+        console.print(
+            f"{entry.name}  {entry.kind.value}  backend={entry.backend}{extras}  {entry.source}"
+        )
 
 
 @models_app.command("make-tiny")
