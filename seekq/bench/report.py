@@ -59,6 +59,43 @@ The two sides of a row never run at the same time. Before each timed run the ben
 - **E1-cos**: the queue's vectors against those of E1's peer, for the same texts in the
   same order.
 
+The G rows run the tiny random DeepSeek-V3 MoE (`workers.models.tiny`, seed 0: 4 layers,
+8 routed experts top-2, a 485-token byte-level BPE), written into the bench's data dir and
+registered there. Both sides sample with temperature 1.0 and top-k 50 (EOS, which these
+random weights rank low, then rarely comes early) from the same seeded synthetic prompts
+(16-25 words) with the same max_new_tokens, and the same torch thread count (bench
+process, generate worker). EOS can still end a request early, and the two sides draw
+different random streams, so every figure counts the tokens each side really produced
+(EOS included), and the row says how many requests ended at EOS.
+
+- **G1**: N `generate` jobs submitted together with `JobService.submit` from the bench
+  process to `seekq worker --queues gpu.generate` (threads pool with N slots, continuous
+  batching engine, the model preloaded; started for the G rows only), timed from the first
+  submit until all N rows are terminal in SQL; tokens are the results' `completion_tokens`.
+  Peer: the same N prompts and seeds, one at a time, `model.generate` (batch 1, tokenizing
+  included) on the same model loaded in the bench process. Four jobs and one generate warm
+  up; rounds alternate and each side's best round is kept.
+- **G2**: in the bench process, two fresh `GenerationEngine`s on the same loaded model,
+  `continuous=True` vs `continuous=False` (static: admits only into an empty batch),
+  `max_batch` 16; each request's max_new_tokens is drawn uniformly from 16-128 (seeded).
+  Every request is queued before the engine's first admission (the bench keeps the GIL
+  while submitting, and checks that the first step ran a full batch), then the clock runs
+  until the last request finishes. The mean running batch per decoding step of each is in
+  the row. Rounds alternate (continuous, static, G2-static's peer); best of each kept.
+- **G2-static**: no target. G2's continuous figure against what plain transformers
+  gives: `model.generate` on left-padded batches of 16 in submission order, each run to
+  its longest request's max_new_tokens; only the tokens up to each request's own
+  max_new_tokens (and its EOS) count.
+- **G3**: one request at a time, greedy (so every side makes the same first token), on
+  prompts whose first token decodes to whole text (a stream entry carries text; a piece of
+  a character would wait for the next token). Through the queue: `submit` with `stream:
+  true`, then `XREAD BLOCK` on the job's Redis stream from its start, timed until the first
+  entry is read; the job is then waited out, untimed. Direct: tokenize, one prefill
+  forward, argmax and decode, in the bench process. Also shown: an in-process
+  `GenerationEngine` timed from tokenizing to its first stream write (the engine's share
+  without the queue), and the worker engine's own first-token time from the results. The
+  three sides take turns on each prompt, after three untimed prompts; p50 and p90.
+
 ## What seekq does per job that the Q1/Q2 peer does not
 
 Producer (`JobService.submit`): validate the spec (for `embed`, also look the model up
@@ -115,7 +152,7 @@ def machine_facts(harness: Harness) -> dict[str, str]:
     redis_version = str(harness.context.redis.info("server")["redis_version"])
     return {
         "CPU cores (os.cpu_count)": str(os.cpu_count()),
-        "torch threads (both sides of E1)": str(harness.threads),
+        "torch threads (both sides of E1 and the G rows)": str(harness.threads),
         "busy cores (other processes) at timed starts": _load_fact(harness.background),
         "python": platform.python_version(),
         "platform": platform.platform(),
