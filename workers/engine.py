@@ -9,8 +9,13 @@ requests and wait on a Future. Each iteration the engine
   3. retires finished sequences (EOS, a stop string, max_new_tokens, a cancel request),
      which frees their slots at once, and trims padding no sequence needs any more;
   4. runs one decoding step for the sequences still running.
-With `continuous=False` it admits only into an empty batch: classic static batching,
-kept for the G2 benchmark.
+With `continuous=False` it batches statically, as `generate` does: it admits only into
+an empty batch, and finished rows keep their slot (computed, their output ignored) until
+the batch's longest request is done. Kept as the G2 benchmark's peer.
+
+On the CPU the engine thread runs torch with `threads` intra-op threads (default 1):
+torch's OpenMP parallelism from a second Python thread was measured ~2.5x slower than
+one thread for the tiny MoE on 2 cores (docs/design.md).
 
 transformers' own continuous batching (`generate_batch`) cannot hold DeepSeek-V3's MLA
 cache (see docs/design.md), hence this loop, written against the public model forward
@@ -22,6 +27,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -103,6 +109,7 @@ class Sequence:
         self.prefilled_at = 0.0
         self.first_token_at = 0.0
         self.finish_reason: str | None = None
+        self.resolved = False  # its Future is set (static batching keeps the row running)
 
     def add(self, token: int, delta: str, eos: bool) -> None:
         """Record a chosen token and decide whether the sequence is done."""
@@ -189,6 +196,9 @@ class GenerationEngine:
         *,
         max_batch: int = 32,
         continuous: bool = True,
+        threads: int | None = 1,
+        min_admit: int | None = None,
+        max_wait_steps: int = 8,
         pad_to_multiple_of: int | None = None,
         streams: Callable[[list[StreamEntry]], None] | None = None,
         metrics: EngineMetrics | None = None,
@@ -198,6 +208,7 @@ class GenerationEngine:
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.continuous = continuous
+        self.threads = threads
         self.pad_to_multiple_of = pad_to_multiple_of
         self.streams = streams
         self.metrics = metrics
@@ -208,6 +219,10 @@ class GenerationEngine:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._decode_ids = backend.decode if backend is not None else tokenizer.decode
         self._inbox: queue.Queue[Request] = queue.Queue()
+        self._waiting: deque[Request] = deque()
+        self._waited_steps = 0
+        self.min_admit = max(1, min_admit if min_admit is not None else max_batch // 8)
+        self.max_wait_steps = max_wait_steps
         self._batch: Batch | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
@@ -232,6 +247,8 @@ class GenerationEngine:
         return len(self._batch) if self._batch else 0
 
     def _run(self) -> None:
+        if self.threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(self.threads)  # this thread's intra-op pool only
         while not self._stopping.is_set():
             try:
                 self._iterate()
@@ -258,18 +275,31 @@ class GenerationEngine:
             self._decode_step(self._batch)
 
     def _admit(self) -> list[Request]:
+        """Requests to start now. A running batch takes newcomers once `min_admit` slots are
+        free, or once the oldest newcomer has waited `max_wait_steps` decoding steps: each
+        admission costs a prefill pass and a cache copy, so admitting one by one as slots
+        free up would spend more than it gains (TGI's waiting-served policy, simplified)."""
         running = self.running
-        if running and not self.continuous:
+        self._collect(block=not running and not self._waiting)
+        if not self._waiting or (running and not self.continuous):
             return []
-        admitted: list[Request] = []
+        free = self.max_batch - running
+        if running and free < self.min_admit and self._waited_steps < self.max_wait_steps:
+            self._waited_steps += 1
+            return []
+        self._waited_steps = 0
+        admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        return [r for r in admitted if not self._cancelled_before_start(r)]
+
+    def _collect(self, block: bool) -> None:
+        """Move submitted requests from the inbox to the waiting line."""
         try:
-            if not running:
-                admitted.append(self._inbox.get(timeout=0.05))
-            while len(admitted) + running < self.max_batch:
-                admitted.append(self._inbox.get_nowait())
+            if block:
+                self._waiting.append(self._inbox.get(timeout=0.05))
+            while True:
+                self._waiting.append(self._inbox.get_nowait())
         except queue.Empty:
             pass
-        return [r for r in admitted if not self._cancelled_before_start(r)]
 
     def _cancelled_before_start(self, request: Request) -> bool:
         if not request.should_stop():
@@ -337,6 +367,8 @@ class GenerationEngine:
         greedy = [p.greedy for p in params]
         chosen = sample_rows(filtered, greedy, [s.generator for s in sequences])
         for row, sequence in enumerate(sequences):
+            if sequence.finish_reason:  # static batching: a finished row holds its slot
+                continue
             if sequence.request.should_stop():
                 sequence.finish_reason = "cancelled"
                 continue
@@ -365,13 +397,17 @@ class GenerationEngine:
         return -1
 
     def _retire(self, batch: Batch) -> Batch | None:
-        self._write_stream(batch.sequences)
-        done = [row for row, s in enumerate(batch.sequences) if s.finish_reason]
-        if not done:
-            return batch
-        self._finish([batch.sequences[row] for row in done], batch.experts, done)
+        live = [s for s in batch.sequences if not s.resolved]
+        self._write_stream(live)
+        done = [row for row, s in enumerate(batch.sequences) if s.finish_reason and not s.resolved]
+        if done:
+            self._finish([batch.sequences[row] for row in done], batch.experts, done)
         kept = [row for row, s in enumerate(batch.sequences) if not s.finish_reason]
-        return batch.keep(kept) if kept else None
+        if not kept:
+            return None
+        if not done or not self.continuous:
+            return batch
+        return batch.keep(kept)
 
     def _finish(
         self,
@@ -391,6 +427,7 @@ class GenerationEngine:
                     generation.first_token_s if sequence.first_token_at else None,
                     generation.finish_reason,
                 )
+            sequence.resolved = True
             sequence.request.future.set_result(generation)
 
     def _write_stream(self, sequences: list[Sequence]) -> None:
@@ -431,11 +468,9 @@ class GenerationEngine:
         """Fail the running batch and everything waiting in the inbox."""
         requests = [s.request for s in self._batch.sequences] if self._batch else []
         self._batch = None
-        while True:
-            try:
-                requests.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
+        self._collect(block=False)
+        requests += self._waiting
+        self._waiting.clear()
         self._fail(requests, exc)
 
     def _fail(self, requests: list[Request], exc: Exception) -> None:

@@ -103,6 +103,7 @@ class ModelPool:
             tokenizer,  # type: ignore[arg-type]
             max_batch=self.settings.generate_max_batch,
             continuous=self.settings.generate_continuous,
+            threads=self.settings.generate_threads,
             pad_to_multiple_of=8 if self.settings.device.startswith("cuda") else None,
             streams=self.streams,
             metrics=self.metrics,

@@ -43,6 +43,8 @@ def filter_logits(
     """Temperature, then top-k, then top-p, each with its own value per row (B, V).
     Rows with temperature 0 are left as they are (they take the argmax)."""
     scaled = logits / torch.where(temperature > 0, temperature, 1.0).unsqueeze(1)
+    if bool((top_p >= 1.0).all()):
+        return _top_k_only(scaled, top_k)
     sorted_logits, order = scaled.sort(dim=1, descending=True)
     vocab = scaled.shape[1]
     ranks = torch.arange(vocab, device=scaled.device).unsqueeze(0)
@@ -53,6 +55,17 @@ def filter_logits(
     drop |= (probs.cumsum(dim=1) - probs) >= top_p.unsqueeze(1)
     filtered = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(scaled).scatter_(1, order, filtered)
+
+
+def _top_k_only(scaled: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Top-k alone needs each row's k-th largest value, not a full sort."""
+    if not bool((top_k > 0).any()):
+        return scaled
+    vocab = scaled.shape[1]
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
+    largest = scaled.topk(int(k.max()), dim=1).values
+    threshold = largest.gather(1, (k - 1).clamp(max=largest.shape[1] - 1).unsqueeze(1))
+    return scaled.masked_fill(scaled < threshold, float("-inf"))
 
 
 def sample_rows(

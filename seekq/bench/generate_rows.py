@@ -4,9 +4,10 @@ make-tiny`'s model) against plain transformers `generate` in this process.
 - G1  tokens/s of concurrent generate jobs through the queue (a `seekq worker -Q
       gpu.generate`: the threads pool and the continuous-batching engine) ÷ the same
       requests as sequential batch-1 `model.generate` calls;
-- G2  the engine's continuous batching ÷ its static batching (admits only into an empty
-      batch), in this process on the same loaded model, output lengths 16-128; G2-static
-      (information only) against `generate` on padded batches;
+- G2  the engine's continuous batching ÷ its static batching (as `generate` batches: admits
+      only into an empty batch, finished rows hold their slot to the batch's end), in this
+      process on the same loaded model, output lengths 16-128; G2-static (information
+      only) against `generate` on padded batches;
 - G3  time to the first streamed token through the queue (submit, then XREAD on the job's
       Redis stream) minus a direct prefill + first token in this process.
 
@@ -266,8 +267,9 @@ def _g2_row(continuous: GenRun, static: GenRun, sizes: Sizes) -> Row:
         what=(
             f"{sizes.mixed_requests} requests submitted together, max_new_tokens drawn "
             f"uniformly from {low}-{high} (seeded), max_batch {MIXED_BATCH}, in-process "
-            f"GenerationEngine on one loaded model, continuous vs static (admits only into "
-            f"an empty batch), best of {sizes.generate_rounds}; tokens "
+            f"GenerationEngine on one loaded model, continuous vs static (as generate "
+            f"batches: admits only into an empty batch, finished rows hold their slot until "
+            f"the batch's longest request ends), best of {sizes.generate_rounds}; tokens "
             f"produced {continuous.tokens:,} / {static.tokens:,} of {continuous.requested:,} "
             f"requested ({continuous.early} / {static.early} ended at EOS); mean running "
             f"batch {continuous.mean_batch:.1f} / {static.mean_batch:.1f}"

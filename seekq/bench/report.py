@@ -63,8 +63,11 @@ The G rows run the tiny random DeepSeek-V3 MoE (`workers.models.tiny`, seed 0: 4
 8 routed experts top-2, a 485-token byte-level BPE), written into the bench's data dir and
 registered there. Both sides sample with temperature 1.0 and top-k 50 (EOS, which these
 random weights rank low, then rarely comes early) from the same seeded synthetic prompts
-(16-25 words) with the same max_new_tokens, and the same torch thread count (bench
-process, generate worker). EOS can still end a request early, and the two sides draw
+(16-25 words) with the same max_new_tokens. Threads: the bench process runs its side
+with the harness's torch thread count; a generation engine runs in its own thread with
+`SEEKQ_GENERATE_THREADS` = 1 intra-op thread, its fastest setting on this machine (2
+threads from a second Python thread ran ~2.5x slower; the batch-1 peer is as fast with 1
+as with 2). EOS can still end a request early, and the two sides draw
 different random streams, so every figure counts the tokens each side really produced
 (EOS included), and the row says how many requests ended at EOS.
 
@@ -76,7 +79,9 @@ different random streams, so every figure counts the tokens each side really pro
   included) on the same model loaded in the bench process. Four jobs and one generate warm
   up; rounds alternate and each side's best round is kept.
 - **G2**: in the bench process, two fresh `GenerationEngine`s on the same loaded model,
-  `continuous=True` vs `continuous=False` (static: admits only into an empty batch),
+  `continuous=True` vs `continuous=False` (static, as `generate` batches: admits only
+  into an empty batch, and finished rows hold their slot until the batch's longest request
+  ends),
   `max_batch` 16; each request's max_new_tokens is drawn uniformly from 16-128 (seeded).
   Every request is queued before the engine's first admission (the bench keeps the GIL
   while submitting, and checks that the first step ran a full batch), then the clock runs

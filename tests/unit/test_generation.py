@@ -66,6 +66,19 @@ def test_filter_logits_per_row_top_k_and_top_p() -> None:
     assert not torch.isinf(out[2]).any()
 
 
+def test_filter_logits_top_k_alone_skips_the_sort() -> None:
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [1.0, 4.0, 3.0, 2.0]])
+    out = filter_logits(
+        logits,
+        temperature=torch.tensor([0.5, 0.0]),
+        top_k=torch.tensor([2, 0]),
+        top_p=torch.tensor([1.0, 1.0]),
+    )
+    assert torch.isinf(out[0]).tolist() == [True, False, False, True]
+    assert out[0, 1].item() == 8.0  # divided by the temperature
+    assert torch.equal(out[1], logits[1])  # greedy row, no filter: untouched
+
+
 def test_stop_matcher_finds_and_holds_back() -> None:
     stops = StopMatcher(["END", "##"])
     assert stops.find("abc EN", 0) == -1
