@@ -117,19 +117,17 @@ class Sequence:
         self.history.append(token)
         if not self.first_token_at:
             self.first_token_at = time.perf_counter()
-        if eos:
-            self.text += self.decoder.flush()
-            self.finish_reason = "stop"
-            return
-        if self.generated >= self.params.max_new_tokens:
-            delta += self.decoder.flush()
+        last = eos or self.generated >= self.params.max_new_tokens
+        if last:
+            delta += self.decoder.flush()  # an incomplete character at the very end
         before = len(self.text)
         self.text += delta
         cut = self.stops.find(self.text, before)
         if cut >= 0:
             self.text = self.text[:cut]
+        if cut >= 0 or eos:
             self.finish_reason = "stop"
-        elif self.generated >= self.params.max_new_tokens:
+        elif last:
             self.finish_reason = "length"
 
     def stream_delta(self) -> str:
@@ -281,6 +279,7 @@ class GenerationEngine:
         free up would spend more than it gains (TGI's waiting-served policy, simplified)."""
         running = self.running
         self._collect(block=not running and not self._waiting)
+        self._drop_cancelled()
         if not self._waiting or (running and not self.continuous):
             return []
         free = self.max_batch - running
@@ -288,8 +287,7 @@ class GenerationEngine:
             self._waited_steps += 1
             return []
         self._waited_steps = 0
-        admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
-        return [r for r in admitted if not self._cancelled_before_start(r)]
+        return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
 
     def _collect(self, block: bool) -> None:
         """Move submitted requests from the inbox to the waiting line."""
@@ -301,13 +299,17 @@ class GenerationEngine:
         except queue.Empty:
             pass
 
-    def _cancelled_before_start(self, request: Request) -> bool:
-        if not request.should_stop():
-            return False
-        sequence = Sequence(request, self)
-        sequence.finish_reason = "cancelled"
-        self._finish([sequence])
-        return True
+    def _drop_cancelled(self) -> None:
+        """Waiting requests whose job was cancelled end now, without taking a slot."""
+        stopped = [r.should_stop() for r in self._waiting]
+        if not any(stopped):
+            return
+        cancelled = [r for r, stop in zip(self._waiting, stopped, strict=True) if stop]
+        self._waiting = deque(r for r, stop in zip(self._waiting, stopped, strict=True) if not stop)
+        for request in cancelled:
+            sequence = Sequence(request, self)
+            sequence.finish_reason = "cancelled"
+            self._finish([sequence])
 
     def _prefill(self, requests: list[Request]) -> Batch:
         sequences = [Sequence(r, self) for r in requests]
