@@ -222,9 +222,8 @@ class JobService:
 
     def _commit_new(self, who: Principal, row: JobRow, counts: dict[str, int]) -> None:
         with self.sessions.begin() as session:
-            JobRepo(session).add(row)
-            session.flush()  # the job row first: the audit event references it
-            AuditRepo(session).add(self._audit(who, row.id, "job.submitted", row.spec, counts))
+            JobRepo(session).insert(row)  # first: the audit event references it
+            AuditRepo(session).insert(self._audit(who, row.id, "job.submitted", row.spec, counts))
 
     def _dispatch(self, entry: KindEntry, row: JobRow) -> None:
         """Publish after commit. A failure leaves the job queued; publishing it again later

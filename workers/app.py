@@ -24,7 +24,7 @@ from jobs.queue import make_celery
 from jobs.settings import get_jobs_settings
 from jobs.streams import TokenStreams
 from workers.cancel import CancelWatch
-from workers.execution import execute
+from workers.execution import LeaseKeeper, execute
 from workers.metrics import GenerationMetrics
 from workers.pool import ModelPool
 from workers.runners import RUNNERS
@@ -44,6 +44,7 @@ class WorkerState:
         self.context: JobsContext | None = None
         self.pool: ModelPool | None = None
         self.cancels: CancelWatch | None = None
+        self.leases = LeaseKeeper()
         self.metrics: GenerationMetrics | None = None
 
     def start(self, **_: Any) -> None:
@@ -73,6 +74,7 @@ class WorkerState:
     def stop(self, **_: Any) -> None:
         if self.pool is not None:
             self.pool.close()
+        self.leases.close()
         if self.cancels is not None:
             self.cancels.close()
         if self.context is not None:
@@ -113,6 +115,7 @@ def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
                 lifecycle,
                 pool,
                 context.settings.max_attempts,
+                state.leases,
                 state.cancels,
             )
         except LeaseHeldError as exc:

@@ -2,7 +2,8 @@
 
 `JobService.cancel` publishes the job id on `seekq:cancel`; the job's runner is told at
 once (its stop event is set), so a generation stops within one decoding step. The
-lease thread's SQL check (LeaseKeeper) stays as the fallback when a notice is lost.
+lease keeper's SQL check (workers.execution.LeaseKeeper) stays as the fallback when a
+notice is lost.
 """
 
 import logging
