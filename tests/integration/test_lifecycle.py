@@ -44,6 +44,29 @@ def test_takeover_after_lease_expiry_fences_the_stale_attempt(quiet_context: Job
     assert final.attempts == 2
 
 
+def test_lease_keeper_keeps_leases_alive_and_signals_a_cancel(
+    quiet_context: JobsContext,
+) -> None:
+    from workers.execution import LeaseKeeper
+
+    who = principal(quiet_context)
+    jobs = [quiet_context.service.submit(who, "ping", {"payload": "p"}).job for _ in range(2)]
+    worker = quiet_context.lifecycle("worker-a")
+    worker.lease_s = 0.3
+    claims = [worker.claim(job.id) for job in jobs]
+    keeper = LeaseKeeper(check_every_s=0.05)
+    try:
+        stops = [keeper.hold(worker, claim) for claim in claims if claim is not None]
+        time.sleep(1.0)  # more than three leases: only renewals keep them
+        with pytest.raises(LeaseHeldError):
+            quiet_context.lifecycle("worker-b").claim(jobs[0].id)
+        assert not any(stop.is_set() for stop in stops)
+        quiet_context.service.cancel(who, jobs[1].id)
+        assert stops[1].wait(1.0) and not stops[0].is_set()
+    finally:
+        keeper.close()
+
+
 def test_cancel_while_running_ends_cancelled(quiet_context: JobsContext) -> None:
     who = principal(quiet_context)
     job = quiet_context.service.submit(who, "ping", {"payload": "p"}).job
