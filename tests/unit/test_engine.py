@@ -90,3 +90,24 @@ def test_stop_string_and_length(engine: GenerationEngine) -> None:
     ).result()
     assert stopped.finish_reason == "stop"
     assert stopped.text == free.text[: free.text.index(stop)]
+
+
+def test_dtype_policy_and_a_bfloat16_entry(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import torch
+
+    from jobs.errors import ConfigError
+    from workers.backends.causal_lm import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    assert resolve_dtype("float16", "cpu") is torch.float16
+    with pytest.raises(ConfigError, match="dtype 'float8'"):
+        resolve_dtype("float8", "cpu")
+    directory = make_tiny_deepseek(tmp_path_factory.mktemp("bf16"))
+    model, tokenizer = load_causal_lm(directory, device="cpu", dtype="bfloat16")
+    assert next(model.parameters()).dtype is torch.bfloat16  # type: ignore[attr-defined]
+    engine = GenerationEngine("bf16", model, tokenizer, max_batch=2)  # type: ignore[arg-type]
+    try:
+        done = engine.submit(request(engine, "hello", max_new_tokens=5)).result(timeout=30)
+    finally:
+        engine.close()
+    assert done.completion_tokens >= 1
