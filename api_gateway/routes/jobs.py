@@ -4,10 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import PrincipalDep, ServiceDep, SettingsDep
 from api_gateway.schemas import JobCreate
 from api_gateway.streaming import SSE_HEADERS, JobStream, StreamRedisDep, native_events
+from api_gateway.waiting import wait_for_job
 from jobs.errors import SpecError
 from jobs.records import AuditPage, JobPage, JobView
 
@@ -37,16 +39,17 @@ def submit_job(
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
-def get_job(
+async def get_job(
     job_id: str,
     who: PrincipalDep,
     service: ServiceDep,
+    redis: StreamRedisDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll seconds")] = 0,
 ) -> JobView:
     """A job of the caller's tenant; `wait` blocks until it is terminal or the time passes."""
     if wait > 0:
-        return service.wait(who, job_id, wait)
-    return service.get(who, job_id)
+        return await wait_for_job(redis, service, who, job_id, wait)
+    return await run_in_threadpool(service.get, who, job_id)
 
 
 EVENTS_DOC = (

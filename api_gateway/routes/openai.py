@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import ContextDep, PrincipalDep, ServiceDep, SettingsDep
 from api_gateway.schemas import (
@@ -38,6 +39,7 @@ from api_gateway.streaming import (
     openai_events,
     usage_of,
 )
+from api_gateway.waiting import wait_for_job
 from jobs.catalog import JobKind
 from jobs.errors import JobFailedError, JobTimeoutError, SpecError
 from jobs.keys import Principal
@@ -65,13 +67,17 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse)
-def create_embeddings(
-    body: EmbeddingsRequest, who: PrincipalDep, service: ServiceDep, settings: SettingsDep
+async def create_embeddings(
+    body: EmbeddingsRequest,
+    who: PrincipalDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    redis: StreamRedisDep,
 ) -> EmbeddingsResponse:
     texts = [body.input] if isinstance(body.input, str) else body.input
     spec = {"model": body.model, "input": texts}
-    job = service.submit(who, JobKind.EMBED.value, spec, priority=INTERACTIVE_PRIORITY).job
-    job = service.wait(who, job.id, settings.wait_timeout_s)
+    job = await _submit(service, who, JobKind.EMBED, spec)
+    job = await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s)
     result = _result_of(job)
     if body.dimensions is not None and body.dimensions != result.dimensions:
         raise SpecError(f"dimensions: model '{body.model}' only produces {result.dimensions}")
@@ -100,7 +106,7 @@ def _encode(encoded: str, encoding_format: str) -> list[float] | str:
 
 
 @router.post("/completions", response_model=Completion, responses=STREAM_RESPONSES)
-def create_completion(
+async def create_completion(
     body: CompletionRequest,
     who: PrincipalDep,
     service: ServiceDep,
@@ -108,11 +114,11 @@ def create_completion(
     redis: StreamRedisDep,
 ) -> Completion | StreamingResponse:
     """Text completion of one prompt. A cancelled job answers 409 `job_cancelled`."""
-    job = _submit(service, who, body.generate_spec())
+    job = await _submit(service, who, JobKind.GENERATE, body.generate_spec())
     if body.stream:
         stream = JobStream(redis, service, who, job.id, settings.wait_timeout_s)
         return _streaming(stream, _format(job, body, chat=False))
-    result = generation_of(service.wait(who, job.id, settings.wait_timeout_s))
+    result = generation_of(await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s))
     choice = CompletionChoice(text=result.text, finish_reason=_finish(result))
     return Completion(
         id=f"cmpl-{job.id}",
@@ -124,7 +130,7 @@ def create_completion(
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
-def create_chat_completion(
+async def create_chat_completion(
     body: ChatCompletionRequest,
     who: PrincipalDep,
     service: ServiceDep,
@@ -133,11 +139,11 @@ def create_chat_completion(
 ) -> ChatCompletion | StreamingResponse:
     """Chat completion through the model's chat template. A cancelled job answers 409
     `job_cancelled`."""
-    job = _submit(service, who, body.generate_spec())
+    job = await _submit(service, who, JobKind.GENERATE, body.generate_spec())
     if body.stream:
         stream = JobStream(redis, service, who, job.id, settings.wait_timeout_s)
         return _streaming(stream, _format(job, body, chat=True))
-    result = generation_of(service.wait(who, job.id, settings.wait_timeout_s))
+    result = generation_of(await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s))
     message = AssistantMessage(content=result.text)
     return ChatCompletion(
         id=f"chatcmpl-{job.id}",
@@ -148,9 +154,15 @@ def create_chat_completion(
     )
 
 
-def _submit(service: JobService, who: Principal, spec: dict[str, Any]) -> JobView:
-    kind = JobKind.GENERATE.value
-    return service.submit(who, kind, spec, priority=INTERACTIVE_PRIORITY).job
+async def _submit(
+    service: JobService, who: Principal, kind: JobKind, spec: dict[str, Any]
+) -> JobView:
+    """Submit in the threadpool (SQL and the broker are synchronous), at interactive
+    priority."""
+    submitted = await run_in_threadpool(
+        service.submit, who, kind.value, spec, priority=INTERACTIVE_PRIORITY
+    )
+    return submitted.job
 
 
 def _streaming(stream: JobStream, fmt: ChunkFormat) -> StreamingResponse:

@@ -1,6 +1,7 @@
 """The HTTP contract: auth, tenant isolation, bad input, idempotency, listing, cancel."""
 
 import json
+import time
 
 import httpx
 import pytest
@@ -205,3 +206,34 @@ def test_health_readiness_and_openapi(stack: Stack) -> None:
     ]:
         assert path in schema["paths"], path
     assert httpx.get(f"{stack.url}/docs").status_code == 200
+
+
+def test_long_polls_do_not_hold_gateway_threads(stack: Stack) -> None:
+    """60 concurrent long-polls (more than the gateway's 40 threadpool threads) on a job no
+    worker runs here (the session's worker does not serve gpu.generate) leave the gateway
+    free to answer other calls at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import TINY_MODEL
+
+    spec = {"model": TINY_MODEL, "prompt": "nobody runs me", "max_new_tokens": 4}
+    with stack.client() as client:
+        job = client.submit("generate", spec)
+    with ThreadPoolExecutor(max_workers=60) as pool:
+        waits = [pool.submit(_long_poll, stack, job["id"]) for _ in range(60)]
+        time.sleep(0.5)  # the waits are all in progress
+        started = time.monotonic()
+        with stack.http() as http:
+            assert http.get(f"/v1/jobs/{job['id']}").status_code == 200
+        answered_s = time.monotonic() - started
+        statuses = [w.result() for w in waits]
+    assert answered_s < 1.0
+    assert statuses == ["queued"] * 60
+    with stack.client() as client:
+        client.cancel(job["id"])
+
+
+def _long_poll(stack: Stack, job_id: str) -> str:
+    with stack.http() as http:
+        response = http.get(f"/v1/jobs/{job_id}", params={"wait": 3})
+    return str(response.json()["status"])
