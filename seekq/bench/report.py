@@ -100,6 +100,19 @@ different random streams, so every figure counts the tokens each side really pro
   `GenerationEngine` timed from tokenizing to its first stream write (the engine's share
   without the queue), and the worker engine's own first-token time from the results. The
   three sides take turns on each prompt, after three untimed prompts; p50 and p90.
+- **F1**: in the bench process, no queue: `workers.backends.vector_index.VectorIndex`
+  (faiss-cpu) over 50,000 (`--quick`: 5,000, reported without a verdict) normalised
+  all-MiniLM-L6-v2 embeddings of seeded synthetic sentences of 6-12 words from a
+  ~70-word vocabulary, made by the worker's own embedder (length-sorted batches of 128)
+  and cached in the bench's data dir; 1,000 (300) other sentences are the queries.
+  Exact flat search (inner product) gives the ground truth. HNSW (M 32, efConstruction
+  200, inner product) is built once (build times in the row), then efSearch is raised
+  through 10, 12, 16, 20, 24, 32, 48, 64, … until recall@10 against flat reaches 0.95
+  (every recall tried is in the row). Then both indexes answer every query one at a time
+  (batch 1, k 10, through `VectorIndex.search`) in three alternating rounds after 20
+  untimed queries each; each side's best round is kept. faiss's OpenMP threads are set
+  to the torch thread count (faiss parallelises over queries, so a batch-1 search runs on
+  one thread on both sides; the HNSW build uses them all).
 
 ## What seekq does per job that the Q1/Q2 peer does not
 
