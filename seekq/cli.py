@@ -198,7 +198,7 @@ def bench(
     ),
     quick: Annotated[bool, typer.Option(help="Fewer iterations (a smoke run).")] = False,
 ) -> None:
-    """Benchmarks as ratios against peers run side by side (Q1, Q2, E1, G1-G3)."""
+    """Benchmarks as ratios against peers run side by side (Q1, Q2, E1, G1-G3, F1)."""
     from seekq.bench import run_bench
 
     run_bench(out, quick, console)

@@ -12,11 +12,10 @@ import pytest
 
 from jobs.errors import SpecError
 from storage.artifacts import LocalArtifactStore
+from workers.backends.index_versions import IndexVersionNotFoundError, IndexVersions
 from workers.backends.vector_index import (
     TRAIN_POINTS_PER_LIST,
     IndexFormatError,
-    IndexVersionNotFoundError,
-    IndexVersions,
     VectorIndex,
 )
 
