@@ -1,6 +1,7 @@
 """Generate jobs end to end: a real `seekq worker -Q gpu.generate` process (threads pool,
 continuous-batching engine) running the tiny DeepSeek-V3 MoE, real Redis, real SQL."""
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 
 from jobs.errors import ConfigError
 from jobs.registry import ModelFileEntry, ModelKind, register
+from seekq.client_commands import printable
 from seekq.embedded import free_port
 from tests.conftest import TINY_MODEL, Stack, WorkerProcess, stack_env
 
@@ -261,3 +263,35 @@ def test_openai_errors_are_openai_errors(stack: Stack, generator: Generator) -> 
     assert caught.value.code == "context_length_exceeded"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-model", prompt="hi", max_tokens=5)
+
+
+def test_seekq_generate_cli_streams_what_is_stored(stack: Stack, generator: Generator) -> None:
+    import subprocess
+    import sys
+
+    env = stack_env(
+        stack.database_url,
+        stack.redis_db,
+        stack.tmp,
+        SEEKQ_URL=stack.url,
+        SEEKQ_API_KEY=stack.key("acme"),
+        SEEKQ_GENERATE_MODEL=TINY_MODEL,
+    )
+
+    def seekq(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "seekq", "generate", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    as_json = seekq(PROMPT, "--max-new-tokens", "12", "--seed", "9", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    job = json.loads(as_json.stdout)
+    assert job["status"] == "succeeded" and job["result"]["completion_tokens"] <= 12
+    streamed = seekq(PROMPT, "--max-new-tokens", "12", "--seed", "9")
+    assert streamed.returncode == 0, streamed.stderr
+    printed, _, status = streamed.stdout.partition("\nsucceeded")
+    assert printed == printable(job["result"]["text"])  # the same seed, the same text
+    status = " ".join(status.split())  # rich wraps long lines
+    assert "finish=" in status and "completion tokens" in status
+    refused = seekq("hello " * 400, "--max-new-tokens", "300")
+    assert refused.returncode == 1
+    assert "400 context_length_exceeded" in refused.stdout and "Traceback" not in refused.stderr
