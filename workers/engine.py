@@ -244,6 +244,10 @@ class GenerationEngine:
     def running(self) -> int:
         return len(self._batch) if self._batch else 0
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping.is_set()
+
     def _run(self) -> None:
         if self.threads is not None and self.device.type == "cpu":
             torch.set_num_threads(self.threads)  # this thread's intra-op pool only

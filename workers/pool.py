@@ -62,10 +62,16 @@ class ModelPool:
     def causal_lm(self, name: str) -> "CausalLM":
         """The loaded causal LM (and its running batching engine) for `name`."""
         with self._lock:
-            if name not in self._causal_lms:
+            lm = self._causal_lms.get(name)
+            if lm is not None and not lm.engine.alive:
+                # Its engine thread died (a bug): start afresh rather than fail every job.
+                log.error("generation engine for %s is dead; reloading the model", name)
+                lm.close()
+                lm = None
+            if lm is None:
                 entry = self.registry.get(name, ModelKind.CAUSAL_LM)
-                self._causal_lms[name] = self._timed(entry, self._load_causal_lm)
-            return self._causal_lms[name]
+                lm = self._causal_lms[name] = self._timed(entry, self._load_causal_lm)
+            return lm
 
     def _timed(self, entry: ModelEntry, load: Callable[[ModelEntry], T]) -> T:
         started = time.perf_counter()

@@ -3,6 +3,7 @@ greedy text, static and continuous agree, cancels end waiting and running reques
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,25 @@ def test_dtype_policy_and_a_bfloat16_entry(tmp_path_factory: pytest.TempPathFact
     finally:
         engine.close()
     assert done.completion_tokens >= 1
+
+
+def test_a_dead_engine_is_replaced_by_the_pool(tmp_path: Path) -> None:
+    from jobs.registry import ModelFileEntry, ModelKind, ModelRegistry, register
+    from workers.pool import ModelPool
+    from workers.settings import WorkerSettings
+
+    directory = make_tiny_deepseek(tmp_path / "tiny")
+    models_file = tmp_path / "models.json"
+    register(models_file, ModelFileEntry(name="t", kind=ModelKind.CAUSAL_LM, path=str(directory)))
+    pool = ModelPool(ModelRegistry.load(models_file, frozenset()), WorkerSettings())
+    try:
+        first = pool.causal_lm("t")
+        assert pool.causal_lm("t") is first
+        first.engine.close()  # as if its thread had died
+        assert not first.engine.alive
+        second = pool.causal_lm("t")
+        assert second is not first and second.engine.alive
+        done = second.engine.submit(request(second.engine, "hello", max_new_tokens=3)).result()
+        assert done.completion_tokens >= 1
+    finally:
+        pool.close()
