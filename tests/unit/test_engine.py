@@ -122,7 +122,8 @@ def test_a_dead_engine_is_replaced_by_the_pool(tmp_path: Path) -> None:
     directory = make_tiny_deepseek(tmp_path / "tiny")
     models_file = tmp_path / "models.json"
     register(models_file, ModelFileEntry(name="t", kind=ModelKind.CAUSAL_LM, path=str(directory)))
-    pool = ModelPool(ModelRegistry.load(models_file, frozenset()), WorkerSettings())
+    settings = WorkerSettings(device="cpu")  # other tests may leave SEEKQ_DEVICE set
+    pool = ModelPool(ModelRegistry.load(models_file, frozenset()), settings)
     try:
         first = pool.causal_lm("t")
         assert pool.causal_lm("t") is first
