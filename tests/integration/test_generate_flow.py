@@ -189,16 +189,22 @@ def test_pickle_only_model_is_refused(stack: Stack, tmp_path: Path) -> None:
         load_causal_lm(Path(entry.source), device="cpu")
 
 
-def test_remote_code_needs_the_allow_list(tmp_path: Path) -> None:
+def test_remote_code_needs_the_allow_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's models file asks for remote code; only SEEKQ_TRUST_REMOTE_CODE (read
+    by the settings, as the gateway and workers read it) lets the entry load."""
     from jobs.registry import ModelRegistry
+    from jobs.settings import JobsSettings
 
-    entry = ModelFileEntry(
-        name="custom", kind=ModelKind.CAUSAL_LM, path=str(tmp_path), trust_remote_code=True
+    models_file = tmp_path / "models.json"
+    models_file.write_text(
+        json.dumps([{"name": "custom", "kind": "causal-lm", "path": str(tmp_path)}]).replace(
+            '"path"', '"trust_remote_code": true, "path"'
+        )
     )
-    register(tmp_path / "models.json", entry)
     with pytest.raises(ConfigError, match="SEEKQ_TRUST_REMOTE_CODE"):
-        ModelRegistry.load(tmp_path / "models.json", frozenset())
-    allowed = ModelRegistry.load(tmp_path / "models.json", frozenset({"custom"}))
+        ModelRegistry.load(models_file, JobsSettings().trust_remote_code)
+    monkeypatch.setenv("SEEKQ_TRUST_REMOTE_CODE", '["custom"]')
+    allowed = ModelRegistry.load(models_file, JobsSettings().trust_remote_code)
     assert allowed.get("custom").trust_remote_code
 
 
