@@ -196,11 +196,8 @@ def test_remote_code_needs_the_allow_list(tmp_path: Path, monkeypatch: pytest.Mo
     from jobs.settings import JobsSettings
 
     models_file = tmp_path / "models.json"
-    models_file.write_text(
-        json.dumps([{"name": "custom", "kind": "causal-lm", "path": str(tmp_path)}]).replace(
-            '"path"', '"trust_remote_code": true, "path"'
-        )
-    )
+    entry = {"name": "custom", "kind": "causal-lm", "path": str(tmp_path)}
+    models_file.write_text(json.dumps([{**entry, "trust_remote_code": True}]))
     with pytest.raises(ConfigError, match="SEEKQ_TRUST_REMOTE_CODE"):
         ModelRegistry.load(models_file, JobsSettings().trust_remote_code)
     monkeypatch.setenv("SEEKQ_TRUST_REMOTE_CODE", '["custom"]')
