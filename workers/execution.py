@@ -132,7 +132,7 @@ def execute(
     started = time.perf_counter()
     with _kept(leases, cancels, lifecycle, claim) as stop:
         try:
-            result = runner(spec, pool, RunningJob(job_id, claim.attempt, stop.is_set))
+            result = runner(spec, pool, RunningJob(job_id, claim.attempt, stop.is_set, claim.tenant_id))
         except JobCancelledError as exc:
             return Outcome(job_id, _record_cancel(lifecycle, claim, exc.partial))
         except PermanentError as exc:

@@ -32,6 +32,7 @@ class RunningJob:
     attempt: int
     # True once the job's cancel is requested or its attempt lost the job; cheap to call.
     should_stop: ShouldStop
+    tenant_id: str = ""
 
 
 Runner = Callable[[BaseModel, ModelPool, RunningJob], BaseModel]
