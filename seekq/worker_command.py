@@ -20,6 +20,8 @@ from storage.settings import get_storage_settings
 CUDA_SAFE_POOLS = {"solo", "threads"}
 GENERATE_QUEUE = CATALOG[JobKind.GENERATE].queue
 EMBED_QUEUE = CATALOG[JobKind.EMBED].queue
+INDEX_QUEUE = "cpu.index"
+SEARCH_QUEUE = "cpu.search"
 
 
 def run_worker(
@@ -35,6 +37,7 @@ def run_worker(
     if not wanted or unknown:
         raise typer.BadParameter(f"unknown queues {unknown}; known: {known_queues()}")
     pool, concurrency = _pool_for(wanted, pool, concurrency)
+    _check_no_self_wait(wanted, concurrency)
     if gpu is not None:
         _pin_gpu(gpu, pool)
     os.environ.setdefault("SEEKQ_PRELOAD_MODELS", _preload_for(wanted))
@@ -59,11 +62,22 @@ def _pool_for(queues: list[str], pool: str, concurrency: int | None) -> tuple[st
     return "solo", 1
 
 
+def _check_no_self_wait(queues: list[str], concurrency: int) -> None:
+    """An index job waits for the embed jobs it fans out: a worker that runs one job at a
+    time and consumes both queues would wait for itself forever."""
+    if INDEX_QUEUE in queues and EMBED_QUEUE in queues and concurrency < 2:
+        raise typer.BadParameter(
+            f"{INDEX_QUEUE} and {EMBED_QUEUE} in one single-slot worker would deadlock "
+            "(index jobs wait for embed jobs): run them in separate workers"
+        )
+
+
 def _preload_for(queues: list[str]) -> str:
     """Models to load at start (a JSON list): those the worker's queues run. The embedding
-    default, and every registered causal LM for a generate queue."""
+    default for embed and search queues (search must answer warm), and every registered
+    causal LM for a generate queue."""
     names = []
-    if EMBED_QUEUE in queues:
+    if EMBED_QUEUE in queues or SEARCH_QUEUE in queues:
         names.append("all-MiniLM-L6-v2")
     if GENERATE_QUEUE in queues:
         settings = get_jobs_settings()

@@ -61,7 +61,11 @@ class WorkerState:
             log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, port)
         streams = TokenStreams(self.context.redis)
         self.pool = ModelPool(
-            self.context.models, settings, streams=streams.write, metrics=self.metrics
+            self.context.models,
+            settings,
+            streams=streams.write,
+            metrics=self.metrics,
+            context=self.context,
         )
         self.pool.preload()
 

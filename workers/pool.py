@@ -18,6 +18,7 @@ from workers.engine import EngineMetrics
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    from jobs.context import JobsContext
     from workers.backends.causal_lm import CausalLM
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,15 @@ class ModelPool:
         *,
         streams: StreamWriter | None = None,
         metrics: EngineMetrics | None = None,
+        context: "JobsContext | None" = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.streams = streams
         self.metrics = metrics
+        # SQL, the broker and the producer side, for runners that read or submit jobs
+        # themselves (index jobs fan embedding out; search jobs read chunks).
+        self.context = context
         self._embedders: dict[str, Embedder] = {}
         self._causal_lms: dict[str, CausalLM] = {}
         self._lock = threading.Lock()
