@@ -267,30 +267,34 @@ class JobService:
 def mask_spec(
     entry: KindEntry, parsed: BaseModel, masker: PiiMasker
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """The spec as JSON with every PII field masked, and the entity counts by type."""
+    """The spec as JSON with every PII field masked, and the entity counts by type.
+
+    A PII field may hold text, lists and objects (chat messages, documents with metadata):
+    every string inside is masked, and so is every number whose digits hold personal
+    data (a card number given as an integer becomes its masked text)."""
     data = parsed.model_dump(mode="json")
     counts: Counter[str] = Counter()
     for field in entry.pii_fields:
-        value = data.get(field)
-        if isinstance(value, str):
-            masked = masker.mask(value)
-            data[field], found = masked.text, masked.counts
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            data[field], found = _mask_messages(value, masker)
-        elif isinstance(value, list):
-            data[field], found = masker.mask_many(value)
-        else:
-            continue
-        counts.update(found)
+        if field in data:
+            data[field] = _mask_value(data[field], masker, counts)
     return data, dict(counts)
 
 
-def _mask_messages(
-    messages: list[dict[str, Any]], masker: PiiMasker
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Chat messages with each `content` masked (roles are not user text)."""
-    contents, counts = masker.mask_many([m["content"] for m in messages])
-    return [{**m, "content": c} for m, c in zip(messages, contents, strict=True)], counts
+def _mask_value(value: Any, masker: PiiMasker, counts: Counter[str]) -> Any:
+    if isinstance(value, str):
+        masked = masker.mask(value)
+        counts.update(masked.counts)
+        return masked.text
+    if isinstance(value, dict):
+        return {key: _mask_value(item, masker, counts) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_value(item, masker, counts) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        masked = masker.mask(str(value))
+        if masked.counts:
+            counts.update(masked.counts)
+            return masked.text
+    return value
 
 
 def _parse_status(status: str) -> str:

@@ -1,10 +1,12 @@
-"""SQLAlchemy 2.0 typed tables: tenants, API keys, jobs, audit events."""
+"""SQLAlchemy 2.0 typed tables: tenants, API keys, jobs, audit events, uploaded files,
+vector indexes with their documents and chunks."""
 
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -95,6 +97,10 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A sub-job (an index job's embed batches) names its parent; None for top-level jobs.
+    parent_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    # Live progress of a long job (index jobs: documents_total, documents_done, chunks).
+    progress: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class AuditEventRow(Base):
@@ -110,3 +116,92 @@ class AuditEventRow(Base):
     entity_counts: Mapped[dict[str, Any]]
     policy_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FileRow(Base):
+    """An uploaded file. Only its masked documents are stored (an artifact): never the
+    uploaded bytes, which may hold personal data."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # file-<32 hex>
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    filename: Mapped[str] = mapped_column(String(255))  # the safe name, PII-masked
+    purpose: Mapped[str] = mapped_column(String(32))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # of the upload
+    media_type: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the stored (masked) documents
+    artifact_key: Mapped[str] = mapped_column(String(512))
+    documents: Mapped[int] = mapped_column(Integer)
+    status_details: Mapped[str | None] = mapped_column(Text, default=None)
+    entity_counts: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IndexRow(Base):
+    """A named vector index. `version` names the FAISS file that serves searches: the
+    index job writes the next version's file first, then swaps this row (with the chunk
+    rows) in one transaction, so SQL and the served vectors always agree."""
+
+    __tablename__ = "indexes"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_indexes_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(257))
+    type: Mapped[str] = mapped_column(String(8))
+    metric: Mapped[str] = mapped_column(String(4))
+    params: Mapped[dict[str, Any]]
+    dimensions: Mapped[int] = mapped_column(Integer)
+    chunk_tokens: Mapped[int] = mapped_column(Integer)
+    chunk_overlap: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer, default=0)  # 0: nothing indexed yet
+    version_key: Mapped[str | None] = mapped_column(String(512), default=None)
+    version_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    version_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    next_chunk_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    document_count: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    # One writer per index: the index job holding it, until when (renewed while it runs).
+    writer_job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    writer_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IndexDocumentRow(Base):
+    __tablename__ = "index_documents"
+    __table_args__ = (UniqueConstraint("index_id", "doc_id", name="uq_index_documents_doc"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    index_id: Mapped[str] = mapped_column(ForeignKey("indexes.id", ondelete="CASCADE"))
+    doc_id: Mapped[str] = mapped_column(String(512))  # PII-masked
+    sha256: Mapped[str] = mapped_column(String(64))  # of the masked content: the upsert key
+    source_name: Mapped[str] = mapped_column(String(255))  # PII-masked
+    file_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    media_type: Mapped[str] = mapped_column(String(128))
+    doc_metadata: Mapped[dict[str, Any]]  # PII-masked
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChunkRow(Base):
+    """A chunk's masked text and where it came from; `id` is its FAISS id in the index."""
+
+    __tablename__ = "index_chunks"
+    __table_args__ = (Index("ix_index_chunks_document", "document_id"),)
+
+    index_id: Mapped[str] = mapped_column(
+        ForeignKey("indexes.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    document_id: Mapped[int] = mapped_column(ForeignKey("index_documents.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)  # PII-masked
+    start: Mapped[int] = mapped_column(Integer)
+    end: Mapped[int] = mapped_column(Integer)
+    page: Mapped[int | None] = mapped_column(Integer, default=None)
+    heading: Mapped[str | None] = mapped_column(String(512), default=None)
+    token_count: Mapped[int] = mapped_column(Integer)
