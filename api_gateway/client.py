@@ -7,6 +7,12 @@ job = client.wait(job["id"])
 job = client.submit("generate", {"model": "tiny-deepseek", "prompt": "hi", "stream": True})
 for text in client.stream_events(job["id"]):
     print(text, end="")
+
+file = client.upload_file("refunds.md", Path("docs/refunds.md").read_bytes())
+client.create_index("handbook")
+job = client.index_documents("handbook", [{"file_id": file["id"], "id": "refunds.md"}])
+job = client.wait(job["id"])
+hits = client.search("handbook", "how do refunds work", k=5)["hits"]
 """
 
 import json
@@ -107,6 +113,78 @@ class SeekqClient:
 
     def embeddings(self, texts: list[str], model: str = "all-MiniLM-L6-v2") -> dict[str, Any]:
         return self._call("POST", "/v1/embeddings", json={"input": texts, "model": model})
+
+    # Files ---------------------------------------------------------------
+
+    def upload_file(
+        self, filename: str, content: bytes, *, purpose: str = "assistants"
+    ) -> dict[str, Any]:
+        """Upload one file (POST /v1/files); a file the server cannot read raises with the
+        document error's code (e.g. `corrupt`, `empty`, `binary`)."""
+        files = {"file": (filename, content, "application/octet-stream")}
+        return self._call("POST", "/v1/files", files=files, data={"purpose": purpose})
+
+    def list_files(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/files")
+
+    def get_file(self, file_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/files/{file_id}")
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/files/{file_id}")
+
+    # Indexes -------------------------------------------------------------
+
+    def create_index(self, name: str, **options: Any) -> dict[str, Any]:
+        """Create an index; `options`: model, type, metric, params, chunk_tokens,
+        chunk_overlap. An existing name raises (409 `index_exists`)."""
+        body = {"name": name, **{k: v for k, v in options.items() if v is not None}}
+        return self._call("POST", "/v1/indexes", json=body)
+
+    def get_index(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/indexes/{name}")
+
+    def find_index(self, name: str) -> dict[str, Any] | None:
+        """The index, or None when there is none by that name."""
+        try:
+            return self.get_index(name)
+        except SeekqAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_indexes(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/indexes")
+
+    def delete_index(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/indexes/{name}")
+
+    def index_documents(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]:
+        """Upsert documents (`{"file_id"|"text", "id", "metadata"?}`, ≤ 10,000 per call);
+        returns the index job (202)."""
+        return self._call("POST", f"/v1/indexes/{name}/documents", json={"documents": documents})
+
+    def delete_documents(self, name: str, ids: list[str]) -> dict[str, Any]:
+        return self._call("POST", f"/v1/indexes/{name}/documents/delete", json={"ids": ids})
+
+    def rebuild_index(self, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/indexes/{name}/rebuild")
+
+    def list_index_documents(
+        self, name: str, *, limit: int = 200, cursor: str | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        return self._call("GET", f"/v1/indexes/{name}/documents", params=params)
+
+    def search(
+        self, name: str, query: str, *, k: int = 5, filter: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"query": query, "k": k}
+        if filter:
+            body["filter"] = filter
+        return self._call("POST", f"/v1/indexes/{name}/search", json=body)
 
     def close(self) -> None:
         self._http.close()
