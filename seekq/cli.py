@@ -10,6 +10,7 @@ from rich.console import Console
 
 from seekq import logs
 from seekq.client_commands import audit_command, generate_command, jobs_app, submit_command
+from seekq.index_commands import INGEST_HELP, ingest_command, search_command
 
 app = typer.Typer(help="seekq: queue-native jobs for LLM workloads.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -22,6 +23,8 @@ app.add_typer(jobs_app, name="jobs")
 app.command("submit")(submit_command)
 app.command("audit")(audit_command)
 app.command("generate")(generate_command)
+app.command("ingest", help=INGEST_HELP)(ingest_command)
+app.command("search")(search_command)
 console = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
