@@ -1,14 +1,10 @@
 """`seekq ingest` (a folder of documents into an index) and `seekq search`, over HTTP."""
 
 import json
-import os
-import re
-import stat
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -20,20 +16,16 @@ from rich.table import Table
 
 from api_gateway.client import SeekqAPIError, SeekqClient
 from seekq.client_commands import DEFAULT_URL, JsonOpt, KeyOpt, UrlOpt, _call, _client, printable
+from seekq.document_folder import LINE_SUFFIX, LocalFile, collect, prune_candidates
 
 console = Console()
 
-# What the server reads (jobs.documents); anything else is reported as skipped, not sent.
-SUPPORTED_SUFFIXES = frozenset(
-    {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".pdf", ".docx"}
-)
 MAX_DOCUMENTS_PER_JOB = 10_000
 UPLOAD_THREADS = 4
 # Answers that concern one file; any other error stops the run (bad key, server down...).
 _PER_FILE_STATUSES = frozenset({400, 413, 415, 422})
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 _COUNTS = ("added", "updated", "unchanged", "deleted", "failed")
-_LINE_SUFFIX = re.compile(r"#\d+$")
 
 INGEST_HELP = "\n\n".join(
     [
@@ -52,10 +44,18 @@ INGEST_HELP = "\n\n".join(
 )
 
 
+Problem = dict[str, str]  # {"file"?, "code", "message"}
+
+
 @dataclass(frozen=True)
-class LocalFile:
+class IngestOptions:
     path: Path
-    doc_id: str
+    create: bool
+    index_options: dict[str, Any]  # type, metric, model of a new index (None: the default)
+    prune: bool
+    id_prefix: str
+    keep_files: bool
+    quiet: bool
 
 
 @dataclass
@@ -66,7 +66,8 @@ class Ingest:
     created: bool = False
     files: list[LocalFile] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
-    upload_failures: list[dict[str, str]] = field(default_factory=list)
+    upload_failures: list[Problem] = field(default_factory=list)  # not indexed
+    upload_warnings: list[Problem] = field(default_factory=list)  # indexed in part
     file_ids: dict[str, str] = field(default_factory=dict)  # file id -> document id
     jobs: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
@@ -93,6 +94,7 @@ class Ingest:
             "files": len(self.files),
             "skipped": self.skipped,
             "upload_failures": self.upload_failures,
+            "upload_warnings": self.upload_warnings,
             "jobs": [{k: job.get(k) for k in ("id", "status", "error")} for job in self.jobs],
             "summary": self.summary(),
             "pruned": self.pruned,
@@ -101,61 +103,8 @@ class Ingest:
     def exit_code(self) -> int:
         if any(job["status"] != "succeeded" for job in self.jobs):
             return 1
-        return 3 if self.upload_failures or self.summary()["documents_failed"] else 0
-
-
-# --------------------------------------------------------------------------
-# Finding files
-
-
-def collect(target: Path, id_prefix: str = "") -> tuple[list[LocalFile], list[dict[str, str]]]:
-    """The regular files to upload (sorted by id) and those skipped, with why."""
-    if target.is_symlink() or not target.exists():
-        raise typer.BadParameter(f"{target} is not a file or folder")
-    if target.is_file():
-        return _consider(target, id_prefix + target.name)
-    found: list[LocalFile] = []
-    skipped: list[dict[str, str]] = []
-    for path in _walk(target):
-        files, skips = _consider(path, id_prefix + path.relative_to(target).as_posix())
-        found += files
-        skipped += skips
-    return sorted(found, key=lambda f: f.doc_id), skipped
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    for folder, dirs, names in os.walk(root):  # symlinked folders are listed, not entered
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        yield from (Path(folder, n) for n in sorted(names) if not n.startswith("."))
-
-
-def _consider(path: Path, doc_id: str) -> tuple[list[LocalFile], list[dict[str, str]]]:
-    mode = path.lstat().st_mode
-    if stat.S_ISLNK(mode):
-        return [], [{"file": doc_id, "reason": "symbolic link"}]
-    if not stat.S_ISREG(mode):
-        return [], [{"file": doc_id, "reason": "not a regular file"}]
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        return [], [{"file": doc_id, "reason": f"unsupported type {path.suffix or '(none)'}"}]
-    return [LocalFile(path, doc_id)], []
-
-
-def prune_candidates(indexed: list[str], root: Path, id_prefix: str) -> list[str]:
-    """Ids under `id_prefix` that name a readable-type file missing from `root` (a .jsonl
-    line `<path>#<n>` counts as its file). Ids that name no such path are kept."""
-    gone = []
-    for doc_id in indexed:
-        if not doc_id.startswith(id_prefix):
-            continue
-        relative = _LINE_SUFFIX.sub("", doc_id[len(id_prefix) :])
-        parts = PurePosixPath(relative).parts
-        if not parts or any(p in {"", ".", ".."} or p.startswith(".") for p in parts):
-            continue
-        if PurePosixPath(relative).suffix.lower() not in SUPPORTED_SUFFIXES:
-            continue
-        if not root.joinpath(*parts).is_file():
-            gone.append(doc_id)
-    return gone
+        failed = self.upload_failures or self.upload_warnings or self.summary()["documents_failed"]
+        return 3 if failed else 0
 
 
 # --------------------------------------------------------------------------
@@ -199,33 +148,40 @@ def upload(client: SeekqClient, run: Ingest, quiet: bool) -> list[dict[str, Any]
             task = bars.add_task("uploading", total=len(run.files))
             futures = {pool.submit(_upload_one, client, f): f for f in run.files}
             for future in as_completed(futures):
-                local, (file_id, failure) = futures[future], future.result()
-                if failure:
-                    run.upload_failures.append({"file": local.doc_id, **failure})
+                local, (uploaded, problem) = futures[future], future.result()
+                if uploaded is None:
+                    run.upload_failures.append({"file": local.doc_id, **problem})
                 else:
-                    run.file_ids[file_id] = local.doc_id
-                    documents.append({"file_id": file_id, "id": local.doc_id})
+                    run.file_ids[uploaded["id"]] = local.doc_id
+                    documents.append({"file_id": uploaded["id"], "id": local.doc_id})
+                    if uploaded.get("status_details"):  # e.g. bad .jsonl lines, left out
+                        message = uploaded["status_details"]
+                        run.upload_warnings.append(
+                            {"file": local.doc_id, "code": "partly_read", "message": message}
+                        )
                 bars.advance(task)
     finally:  # a refusal that ends the run leaves no upload behind it
         pool.shutdown(cancel_futures=True)
     run.upload_failures.sort(key=lambda f: f["file"])
+    run.upload_warnings.sort(key=lambda f: f["file"])
     return sorted(documents, key=lambda d: str(d["id"]))
 
 
-def _upload_one(client: SeekqClient, local: LocalFile) -> tuple[str, dict[str, str] | None]:
+def _upload_one(client: SeekqClient, local: LocalFile) -> tuple[dict[str, Any] | None, Problem]:
+    """The file as uploaded, or None and why not."""
     try:
         content = local.path.read_bytes()
     except OSError as exc:
-        return "", {"code": "unreadable", "message": f"{local.doc_id}: {exc.strerror}"}
+        return None, {"code": "unreadable", "message": f"{local.doc_id}: {exc.strerror}"}
     try:
-        return str(client.upload_file(local.path.name, content)["id"]), None
+        return client.upload_file(local.path.name, content), {}
     except SeekqAPIError as exc:
         if exc.status not in _PER_FILE_STATUSES:
             raise
-        return "", {"code": exc.code, "message": exc.message}
+        return None, {"code": exc.code, "message": exc.message}
     except (httpx.WriteError, httpx.RemoteProtocolError) as exc:
         # The server can answer 413 and close before a big body is sent.
-        return "", {"code": "upload_failed", "message": f"{local.doc_id}: {type(exc).__name__}"}
+        return None, {"code": "upload_failed", "message": f"{local.doc_id}: {type(exc).__name__}"}
 
 
 def submit_index(
@@ -236,7 +192,17 @@ def submit_index(
         client.index_documents(run.index, documents[i : i + MAX_DOCUMENTS_PER_JOB])
         for i in range(0, len(documents), MAX_DOCUMENTS_PER_JOB)
     ]
+    run.jobs = submitted
     run.jobs = follow(client, submitted, "indexing", len(documents), quiet)
+
+
+def forget_uploads(client: SeekqClient, run: Ingest) -> None:
+    for file_id in run.file_ids:
+        try:
+            client.delete_file(file_id)
+        except SeekqAPIError as exc:
+            if exc.status != 404:
+                raise
 
 
 def follow(
@@ -283,12 +249,13 @@ def show_ingest(run: Ingest) -> None:
         for skip in run.skipped:
             console.print(f"[dim]  {shown(skip['file'])}: {shown(skip['reason'])}[/]")
     summary = run.summary()
-    failures = [(f["file"], f["code"], f["message"]) for f in run.upload_failures] + [
+    problems = run.upload_failures + run.upload_warnings
+    failures = [(f["file"], f["code"], f["message"]) for f in problems] + [
         (run.file_ids.get(f["document"], f["document"]), f["code"], f["message"])
         for f in summary["failures"]
     ]
     if failures:
-        table = Table("file", "code", "message", title="not indexed", title_justify="left")
+        table = Table("file", "code", "message", title="problems", title_justify="left")
         for name, code, message in failures:
             table.add_row(shown(name), shown(code), shown(message))
         console.print(table)
@@ -330,6 +297,9 @@ def ingest_command(
         bool, typer.Option("--prune", help="Delete documents whose file is gone.")
     ] = False,
     id_prefix: Annotated[str, typer.Option(help="Put before every document id.")] = "",
+    keep_files: Annotated[
+        bool, typer.Option(help="Keep the uploaded files once indexed (GET /v1/files).")
+    ] = False,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = "",
     as_json: JsonOpt = False,
@@ -339,9 +309,22 @@ def ingest_command(
     run.files, run.skipped = collect(path, id_prefix)
     if prune_gone and not path.is_dir():
         raise typer.BadParameter("--prune needs a folder")
-    options = {"type": type_, "metric": metric, "model": model}
+    how = IngestOptions(
+        path,
+        create,
+        {"type": type_, "metric": metric, "model": model},
+        prune_gone,
+        id_prefix,
+        keep_files,
+        quiet=as_json,
+    )
     with _client(url, api_key) as client:
-        _call(_ingest, client, run, path, create, options, prune_gone, id_prefix, as_json)
+        try:
+            _call(_ingest, client, run, how)
+        except KeyboardInterrupt:
+            running = [job["id"] for job in run.jobs if job["status"] not in _TERMINAL]
+            console.print(f"stopped; on the server still: {', '.join(running) or 'nothing'}")
+            raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(run.as_json(), indent=2))
     else:
@@ -349,22 +332,17 @@ def ingest_command(
     raise typer.Exit(run.exit_code())
 
 
-def _ingest(
-    client: SeekqClient,
-    run: Ingest,
-    path: Path,
-    create: bool,
-    options: dict[str, Any],
-    prune_gone: bool,
-    id_prefix: str,
-    quiet: bool,
-) -> None:
-    ensure_index(client, run, create, options)
-    documents = upload(client, run, quiet)
-    if documents:
-        submit_index(client, run, documents, quiet)
-    if prune_gone and all(job["status"] == "succeeded" for job in run.jobs):
-        prune(client, run, path, id_prefix, quiet)
+def _ingest(client: SeekqClient, run: Ingest, how: IngestOptions) -> None:
+    ensure_index(client, run, how.create, how.index_options)
+    documents = upload(client, run, how.quiet)
+    try:
+        if documents:
+            submit_index(client, run, documents, how.quiet)
+    finally:
+        if not how.keep_files and all(job["status"] in _TERMINAL for job in run.jobs):
+            forget_uploads(client, run)  # the index keeps its documents; the files are spent
+    if how.prune and all(job["status"] == "succeeded" for job in run.jobs):
+        prune(client, run, how.path, how.id_prefix, how.quiet)
 
 
 def search_command(
@@ -401,7 +379,7 @@ def hits_table(hits: list[dict[str, Any]]) -> Table:
     table = Table("#", "score", "file", "where", "passage", show_lines=True)
     for rank, hit in enumerate(hits, 1):
         name = hit["doc_id"]
-        if not _LINE_SUFFIX.sub("", name).endswith(hit["file"]):
+        if not LINE_SUFFIX.sub("", name).endswith(hit["file"]):
             name = f"{name} ({hit['file']})"
         where = [f"p. {hit['page']}" if hit.get("page") else "", hit.get("heading") or ""]
         table.add_row(
