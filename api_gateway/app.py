@@ -7,9 +7,12 @@ from fastapi import FastAPI
 
 from api_gateway import errors, streaming
 from api_gateway.limits import BodySizeLimit
-from api_gateway.routes import health, jobs, openai
+from api_gateway.routes import files, health, indexes, jobs, openai
 from api_gateway.settings import GatewaySettings, get_gateway_settings
 from jobs.context import JobsContext
+from jobs.settings import get_jobs_settings
+
+UPLOAD_FRAMING_BYTES = 64 * 1024
 
 
 def create_app(
@@ -39,5 +42,14 @@ def create_app(
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(openai.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(files.router)
+    app.include_router(indexes.router)
+    # Uploads may be up to SEEKQ_MAX_FILE_BYTES, plus room for the multipart framing.
+    max_file_bytes = (context.settings if context else get_jobs_settings()).max_file_bytes
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=max_file_bytes + UPLOAD_FRAMING_BYTES,
+        upload_paths=frozenset({"/v1/files"}),
+    )
     return app

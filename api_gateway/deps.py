@@ -8,6 +8,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api_gateway.settings import GatewaySettings
 from jobs.context import JobsContext
 from jobs.errors import AuthError
+from jobs.files import FileService
+from jobs.indexes import IndexService
 from jobs.keys import Principal
 from jobs.service import JobService
 
@@ -41,5 +43,15 @@ def get_principal(
     return context.keys.authenticate(credentials.credentials)
 
 
+def get_files(context: ContextDep) -> FileService:
+    return context.files
+
+
+def get_indexes(context: ContextDep) -> IndexService:
+    return context.indexes
+
+
 ServiceDep = Annotated[JobService, Depends(get_service)]
+FilesDep = Annotated[FileService, Depends(get_files)]
+IndexesDep = Annotated[IndexService, Depends(get_indexes)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

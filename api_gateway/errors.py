@@ -11,11 +11,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.documents import DocumentError
 from jobs.errors import (
     AuthError,
     BrokerUnavailableError,
     ConfigError,
+    ConflictError,
     ContextLengthError,
+    IndexBusyError,
+    IndexExistsError,
+    IndexNotFoundError,
     InvalidTransitionError,
     JobCancelledError,
     JobFailedError,
@@ -25,6 +30,7 @@ from jobs.errors import (
     RetryableError,
     SeekqError,
     SpecError,
+    UploadNotFoundError,
 )
 from jobs.service import IdempotencyConflictError
 
@@ -35,9 +41,15 @@ STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (JobCancelledError, 409, "job_cancelled"),  # the job behind a synchronous call
     (IdempotencyConflictError, 409, "idempotency_conflict"),
     (ContextLengthError, 400, "context_length_exceeded"),  # OpenAI's status and code
+    (DocumentError, 400, "invalid_document"),  # the code is the error's own (status_for)
     (SpecError, 422, "invalid_request"),
     (JobNotFoundError, 404, "not_found"),
     (ModelNotFoundError, 404, "model_not_found"),
+    (IndexNotFoundError, 404, "index_not_found"),
+    (UploadNotFoundError, 404, "file_not_found"),
+    (IndexExistsError, 409, "index_exists"),
+    (IndexBusyError, 409, "index_busy"),
+    (ConflictError, 409, "conflict"),
     (InvalidTransitionError, 409, "invalid_state"),
     (AuthError, 401, "invalid_api_key"),
     (BrokerUnavailableError, 503, "broker_unavailable"),
@@ -52,6 +64,8 @@ def error_body(message: str, code: str, param: str | None = None) -> dict[str, A
 
 
 def status_for(exc: SeekqError) -> tuple[int, str]:
+    if isinstance(exc, DocumentError):
+        return 400, exc.code  # which way the file failed: corrupt_document, empty_document...
     for error_type, status, code in STATUS_BY_ERROR:
         if isinstance(exc, error_type):
             return status, code

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from jobs.errors import KindNotAvailableError, SpecError
+from jobs.index_specs import IndexResult, IndexSpec, SearchResult, SearchSpec
 from jobs.registry import ModelKind
 from jobs.specs import (
     EmbedResult,
@@ -69,6 +70,14 @@ CATALOG: Mapping[JobKind, KindEntry] = {
         1800.0,
         ("prompt", "messages"),
         ModelKind.CAUSAL_LM,
+    ),
+    # The index's own model is checked when the index is created; the job names the index.
+    JobKind.INDEX: KindEntry(
+        JobKind.INDEX, IndexSpec, IndexResult, "cpu.index", 3600.0, ("documents", "delete")
+    ),
+    # Its own queue and worker: searches never wait behind embedding or indexing work.
+    JobKind.SEARCH: KindEntry(
+        JobKind.SEARCH, SearchSpec, SearchResult, "cpu.search", 60.0, ("query", "filter")
     ),
     JobKind.PING: KindEntry(JobKind.PING, PingSpec, PingResult, "cpu.ping", 30.0, ("payload",)),
 }

@@ -9,6 +9,8 @@ from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.files import FileService
+from jobs.indexes import IndexService
 from jobs.keys import KeyStore
 from jobs.lifecycle import Lifecycle
 from jobs.notify import JobEvents
@@ -17,6 +19,7 @@ from jobs.queue import CeleryPublisher, make_celery
 from jobs.registry import ModelRegistry
 from jobs.service import JobService
 from jobs.settings import JobsSettings, derive_key, get_jobs_settings, load_secret_key
+from storage.artifacts import ArtifactStore, LocalArtifactStore
 from storage.db import make_engine, make_session_factory
 from storage.settings import StorageSettings, get_storage_settings
 
@@ -32,6 +35,9 @@ class JobsContext:
     models: ModelRegistry
     service: JobService
     keys: KeyStore
+    artifacts: ArtifactStore
+    files: FileService
+    indexes: IndexService
 
     @classmethod
     def create(
@@ -59,7 +65,23 @@ class JobsContext:
             settings.max_new_tokens,
         )
         keys = KeyStore(sessions, derive_key(secret, "api-key"))
-        return cls(settings, engine, sessions, celery, redis, events, models, service, keys)
+        artifacts = LocalArtifactStore.from_settings(storage)
+        files = FileService(sessions, artifacts, masker, settings.max_file_bytes)
+        indexes = IndexService(sessions, models, service, artifacts)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            celery=celery,
+            redis=redis,
+            events=events,
+            models=models,
+            service=service,
+            keys=keys,
+            artifacts=artifacts,
+            files=files,
+            indexes=indexes,
+        )
 
     def lifecycle(self, worker: str | None = None) -> Lifecycle:
         name = worker or f"{socket.gethostname()}:{os.getpid()}"

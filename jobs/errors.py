@@ -6,6 +6,11 @@
     │   │   ├── KindNotAvailableError   a known kind with no runner in this release
     │   │   └── ContextLengthError      prompt + max_new_tokens exceed the model's context
     │   ├── JobNotFoundError      no such job for this tenant
+    │   ├── IndexNotFoundError    no such index for this tenant
+    │   ├── UploadNotFoundError   no such uploaded file for this tenant
+    │   ├── ConflictError         the request clashes with the resource's state
+    │   │   ├── IndexExistsError  an index of that name exists already
+    │   │   └── IndexBusyError    an index job is writing the index
     │   ├── InvalidTransitionError  a status change the state machine forbids
     │   ├── ModelNotFoundError    the model is not in the registry / not loaded here
     │   ├── AuthError             missing, malformed, unknown or revoked API key
@@ -49,6 +54,26 @@ class ContextLengthError(SpecError):
 
 class JobNotFoundError(PermanentError):
     """No job with this id exists for this tenant."""
+
+
+class IndexNotFoundError(PermanentError):
+    """No index with this name exists for this tenant."""
+
+
+class UploadNotFoundError(PermanentError):
+    """No uploaded file with this id exists for this tenant."""
+
+
+class ConflictError(PermanentError):
+    """The request clashes with the current state of the resource."""
+
+
+class IndexExistsError(ConflictError):
+    """An index with this name exists already."""
+
+
+class IndexBusyError(ConflictError):
+    """An index job holds the index's writer lease."""
 
 
 class InvalidTransitionError(PermanentError):

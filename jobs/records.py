@@ -27,6 +27,9 @@ class JobView(BaseModel):
     started_at: datetime | None
     cancel_requested_at: datetime | None
     finished_at: datetime | None
+    # Long jobs (index) report progress while they run; sub-jobs name their parent.
+    progress: dict[str, Any] | None = None
+    parent_id: str | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> "JobView":
@@ -47,6 +50,8 @@ class JobView(BaseModel):
             started_at=row.started_at,
             cancel_requested_at=row.cancel_requested_at,
             finished_at=row.finished_at,
+            progress=row.progress,
+            parent_id=row.parent_id,
         )
 
 

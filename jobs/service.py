@@ -23,7 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.catalog import KindEntry, get_entry, parse_spec
-from jobs.errors import JobNotFoundError, SpecError
+from jobs.errors import IndexNotFoundError, JobNotFoundError, SpecError
+from jobs.index_specs import IndexSpec, SearchSpec
 from jobs.keys import Principal
 from jobs.notify import JobEvents
 from jobs.pii import POLICY_VERSION, PiiMasker
@@ -33,6 +34,7 @@ from jobs.records import AuditPage, AuditView, JobPage, JobView
 from jobs.registry import ModelRegistry
 from jobs.specs import MAX_NEW_TOKENS, GenerateSpec
 from jobs.status import JobStatus, check_transition, is_terminal
+from storage.index_repos import IndexRepo
 from storage.repos import AuditRepo, JobPageQuery, JobRepo
 from storage.tables import AuditEventRow, JobRow
 
@@ -95,6 +97,8 @@ class JobService:
         row, counts = self._new_row(who, entry, parsed, priority, idempotency_key, request_hash)
         if isinstance(parsed, GenerateSpec):
             self._check_generate(GenerateSpec.from_stored(row.spec))
+        elif isinstance(parsed, IndexSpec | SearchSpec):
+            self._check_index(who, parsed.index)
         try:
             self._commit_new(who, row, counts)
         except IntegrityError:
@@ -118,6 +122,11 @@ class JobService:
                 kinds = ", ".join(sorted(found))
                 raise SpecError(f"{field}: must not hold personal data (found {kinds})")
         self.prompts.get(self.models.get(masked.model)).check_fits(masked)
+
+    def _check_index(self, who: Principal, name: str) -> None:
+        with self.sessions() as session:
+            if IndexRepo(session).find(who.tenant_id, name) is None:
+                raise IndexNotFoundError(f"no index named '{name}'")
 
     def get(self, who: Principal, job_id: str) -> JobView:
         with self.sessions() as session:
@@ -280,13 +289,21 @@ def mask_spec(
     return data, dict(counts)
 
 
+# Keys inside PII fields that hold identifiers seekq made, not user text: masking could
+# only break them (a long hex file id may hold a digit run that looks like a card number).
+NOT_TEXT_KEYS = frozenset({"file_id", "role"})
+
+
 def _mask_value(value: Any, masker: PiiMasker, counts: Counter[str]) -> Any:
     if isinstance(value, str):
         masked = masker.mask(value)
         counts.update(masked.counts)
         return masked.text
     if isinstance(value, dict):
-        return {key: _mask_value(item, masker, counts) for key, item in value.items()}
+        return {
+            key: item if key in NOT_TEXT_KEYS else _mask_value(item, masker, counts)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [_mask_value(item, masker, counts) for item in value]
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -33,6 +33,10 @@ class JobsSettings(BaseSettings):
     models_file: Path | None = None
     # The largest max_new_tokens a generate job may ask for on this server.
     max_new_tokens: int = Field(default=1024, ge=1, le=MAX_NEW_TOKENS)
+    # The largest document file an upload (POST /v1/files, seekq ingest) may be.
+    max_file_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024**3)
+    # Index jobs embed through sub-jobs on the embed queue of about this many tokens each.
+    index_embed_batch_tokens: int = Field(default=8192, ge=256, le=1_000_000)
     # Models allowed to run code shipped with them (trust_remote_code). Empty by default.
     trust_remote_code: frozenset[str] = frozenset()
 

@@ -34,7 +34,10 @@ POSTGRES_URL = os.environ.get(
 )
 TEST_SECRET = "test-secret-" + "x" * 40
 # Redis databases 10-15 belong to the tests; each stack flushes its own before use.
-REDIS_DB = {"sqlite": 10, "postgresql": 11}
+# Redis databases base..base+3 (the stacks' brokers, then +2 for quiet contexts); set
+# SEEKQ_TEST_REDIS_DB to run two test sessions side by side without sharing queues.
+REDIS_DB_BASE = int(os.environ.get("SEEKQ_TEST_REDIS_DB", "10"))
+REDIS_DB = {"sqlite": REDIS_DB_BASE, "postgresql": REDIS_DB_BASE + 1}
 WORKER_START_TIMEOUT_S = 120
 TINY_MODEL = "tiny-deepseek"
 
@@ -137,13 +140,20 @@ def stack_env(database_url: str, redis_db: int, data_dir: Path, **extra: str) ->
     return env
 
 
-def make_context(database_url: str, redis_db: int, **settings: object) -> JobsContext:
+def make_context(
+    database_url: str, redis_db: int, data_dir: Path | None = None, **settings: object
+) -> JobsContext:
+    """A job context like the stack's workers use (the same database and, given
+    `data_dir`, the same artifact store: uploads made here are read by the workers)."""
     jobs_settings = JobsSettings(
         broker_url=redis_url(redis_db),
         secret_key=TEST_SECRET,
         **settings,  # type: ignore[arg-type]
     )
-    return JobsContext.create(jobs_settings, StorageSettings(database_url=database_url))
+    storage = StorageSettings(database_url=database_url)
+    if data_dir is not None:
+        storage = StorageSettings(database_url=database_url, data_dir=data_dir)
+    return JobsContext.create(jobs_settings, storage)
 
 
 class ServerThread(uvicorn.Server):
@@ -201,7 +211,7 @@ def stack(
     upgrade(database_url)
     env = stack_env(database_url, redis_db, tmp, SEEKQ_MODELS_FILE=str(models_file))
     worker = WorkerProcess(env, tmp / "worker.log").start()
-    context = make_context(database_url, redis_db, models_file=models_file)
+    context = make_context(database_url, redis_db, tmp, models_file=models_file)
     port = free_port()
     app = create_app(context, GatewaySettings(port=port, wait_timeout_s=60))
     server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -254,6 +264,28 @@ def quiet_context(stack: Stack) -> Iterator[JobsContext]:
     plays the worker itself, or starts its own."""
     db = stack.redis_db + 2
     flush_redis(db)
-    context = make_context(stack.database_url, db, models_file=stack.context.settings.models_file)
+    models_file = stack.context.settings.models_file
+    context = make_context(stack.database_url, db, stack.tmp, models_file=models_file)
     yield context
     context.close()
+
+
+@dataclass
+class IndexWorkers:
+    index: WorkerProcess
+    search: WorkerProcess
+
+
+@pytest.fixture(scope="session")
+def index_workers(stack: Stack) -> Iterator[IndexWorkers]:
+    """An index worker (`cpu.index`) and a search worker (`cpu.search`, embedder warm) next
+    to the session's embed worker, which runs the index jobs' embed sub-jobs."""
+    models_file = stack.context.settings.models_file
+    env = stack_env(
+        stack.database_url, stack.redis_db, stack.tmp, SEEKQ_MODELS_FILE=str(models_file)
+    )
+    index = WorkerProcess(env, stack.tmp / "index-worker.log", queues="cpu.index").start()
+    search = WorkerProcess(env, stack.tmp / "search-worker.log", queues="cpu.search").start()
+    yield IndexWorkers(index, search)
+    index.stop()
+    search.stop()

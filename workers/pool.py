@@ -7,6 +7,7 @@ model at once; each model is loaded once, under a lock.
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,12 +19,15 @@ from workers.engine import EngineMetrics
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    from jobs.chunking import Chunker
     from jobs.context import JobsContext
     from workers.backends.causal_lm import CausalLM
+    from workers.backends.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+INDEX_CACHE_SIZE = 8
 StreamWriter = Callable[[list[StreamEntry]], None]
 
 
@@ -46,6 +50,10 @@ class ModelPool:
         self.context = context
         self._embedders: dict[str, Embedder] = {}
         self._causal_lms: dict[str, CausalLM] = {}
+        self._chunkers: dict[tuple[str, int, int], Chunker] = {}
+        # Loaded index versions by (index id, version): a version never changes once
+        # written, so a cached one is never stale; a newer version is a new key.
+        self._indexes: OrderedDict[tuple[str, int], VectorIndex] = OrderedDict()
         self._lock = threading.Lock()
 
     def preload(self) -> None:
@@ -77,6 +85,37 @@ class ModelPool:
                 entry = self.registry.get(name, ModelKind.CAUSAL_LM)
                 lm = self._causal_lms[name] = self._timed(entry, self._load_causal_lm)
             return lm
+
+    def chunker(self, model: str, max_tokens: int, overlap_tokens: int) -> "Chunker":
+        """A chunker counting in `model`'s tokenizer (no model weights are loaded)."""
+        from jobs.chunking import Chunker
+
+        key = (model, max_tokens, overlap_tokens)
+        with self._lock:
+            if key not in self._chunkers:
+                path = resolve_source(self.registry.get(model, ModelKind.EMBEDDING).source)
+                self._chunkers[key] = Chunker(
+                    path, max_tokens=max_tokens, overlap_tokens=overlap_tokens
+                )
+            return self._chunkers[key]
+
+    def vector_index(
+        self, key: tuple[str, int], load: Callable[[], "VectorIndex"]
+    ) -> "VectorIndex":
+        """The loaded index version `key` (index id, version), loading it on a miss; the
+        least recently used beyond `index_cache_size` are dropped."""
+        with self._lock:
+            found = self._indexes.get(key)
+            if found is not None:
+                self._indexes.move_to_end(key)
+                return found
+        loaded = load()  # outside the lock: a big index takes a while to read
+        with self._lock:
+            self._indexes[key] = loaded
+            self._indexes.move_to_end(key)
+            while len(self._indexes) > INDEX_CACHE_SIZE:
+                self._indexes.popitem(last=False)
+        return loaded
 
     def _timed(self, entry: ModelEntry, load: Callable[[ModelEntry], T]) -> T:
         started = time.perf_counter()

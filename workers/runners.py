@@ -102,9 +102,23 @@ def run_ping(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
     return PingResult(payload=spec.payload)
 
 
+def run_index(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
+    from workers.indexing import run_index as run
+
+    return run(spec, pool, job)
+
+
+def run_search(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
+    from workers.searching import run_search as run
+
+    return run(spec, pool, job)
+
+
 RUNNERS: Mapping[JobKind, Runner] = {
     JobKind.EMBED: run_embed,
     JobKind.GENERATE: run_generate,
+    JobKind.INDEX: run_index,
+    JobKind.SEARCH: run_search,
     JobKind.PING: run_ping,
 }
 

@@ -61,6 +61,18 @@ class IndexVersions:
         self._prune({p.version for p in kept})
         return pointer
 
+    def write(self, index: VectorIndex, *, after: int = 0) -> IndexPointer:
+        """Write the next version's file without swapping any pointer: for callers that keep
+        the current version elsewhere (seekq keeps it in SQL, with the chunk rows, so one
+        transaction swaps both). The number is above `after` and every file present."""
+        version = max([*self.versions(), after], default=0) + 1
+        info = self.store.put(f"{self.prefix}/v{version}.faiss", index.to_bytes())
+        return IndexPointer(version, info.key, info.size, info.sha256)
+
+    def prune(self, kept: set[int]) -> None:
+        """Delete every version file but `kept` (orphans of crashed writes included)."""
+        self._prune(kept)
+
     def history(self) -> list[IndexPointer]:
         """The current version's pointer first, then the kept previous ones."""
         try:

@@ -1,0 +1,193 @@
+"""Uploaded files: read, masked and stored as documents; never kept as uploaded.
+
+An upload is read at once (`jobs.documents.extract`: size limit, content sniffing, per-format
+errors), every document is PII-masked (`mask_document`), and only the masked documents are
+stored, as JSON lines in the artifact store under `files/<tenant>/<file id>.jsonl`. The
+uploaded bytes may hold personal data and are not kept anywhere. File names are masked too,
+in the row and in every error message.
+"""
+
+import json
+import re
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.documents import BadLineError, Document, DocumentError, extract, mask_document, safe_name
+from jobs.errors import SpecError, UploadNotFoundError
+from jobs.index_records import FilePage, FileView
+from jobs.index_specs import FILE_ID_PATTERN
+from jobs.keys import Principal
+from jobs.pii import POLICY_VERSION, PiiMasker
+from storage.artifacts import ArtifactNotFoundError, ArtifactStore
+from storage.index_repos import FileRepo
+from storage.repos import AuditRepo
+from storage.tables import AuditEventRow, FileRow
+
+# OpenAI's purposes that mean "documents to search"; batch and fine-tune files are other
+# issues' work and are refused with a clear message until then.
+DOCUMENT_PURPOSES = frozenset({"assistants", "user_data", "index"})
+MAX_DETAIL_ERRORS = 5
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """One masked document of a file; `id_suffix` is set when its id was made from the
+    file name (a .jsonl line without an "id": `#<line>`), so an index job can put the
+    document id it was given in front of it."""
+
+    document: Document
+    id_suffix: str | None
+
+
+class FileService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        artifacts: ArtifactStore,
+        masker: PiiMasker,
+        max_file_bytes: int,
+    ) -> None:
+        self.sessions = sessions
+        self.artifacts = artifacts
+        self.masker = masker
+        self.max_file_bytes = max_file_bytes
+
+    def upload(self, who: Principal, filename: str, data: bytes, purpose: str) -> FileView:
+        if purpose not in DOCUMENT_PURPOSES:
+            known = ", ".join(sorted(DOCUMENT_PURPOSES))
+            raise SpecError(f"purpose: this server takes document files only ({known})")
+        name = safe_name(filename)
+        masked_name = self.masker.mask(name).text
+        try:
+            extraction = extract(name, data, max_bytes=self.max_file_bytes)
+        except DocumentError as error:
+            raise _renamed(error, masked_name) from None
+        counts: Counter[str] = Counter(self.masker.mask(name).counts)
+        stored = [self._masked(d, name, masked_name, counts) for d in extraction.documents]
+        file_id = f"file-{uuid.uuid4().hex}"
+        info = self.artifacts.put(_key(who.tenant_id, file_id), _encode(stored))
+        row = FileRow(
+            id=file_id,
+            tenant_id=who.tenant_id,
+            filename=masked_name,
+            purpose=purpose,
+            size_bytes=len(data),
+            media_type=stored[0].document.media_type if stored else "application/jsonl",
+            sha256=info.sha256,
+            artifact_key=info.key,
+            documents=len(stored),
+            status_details=_details(extraction.errors, masked_name),
+            entity_counts=dict(counts),
+            created_at=datetime.now(UTC),
+        )
+        self._commit(who, row)
+        return FileView.from_row(row)
+
+    def _masked(
+        self, document: Document, name: str, masked_name: str, counts: Counter[str]
+    ) -> StoredDocument:
+        masked, found = mask_document(document, self.masker)
+        counts.update(found)
+        suffix = document.doc_id[len(name) :] if document.doc_id.startswith(f"{name}#") else None
+        doc_id = self.masker.mask(document.doc_id).text if suffix is None else masked_name + suffix
+        return StoredDocument(replace(masked, doc_id=doc_id, source_name=masked_name), suffix)
+
+    def _commit(self, who: Principal, row: FileRow) -> None:
+        event = AuditEventRow(
+            tenant_id=who.tenant_id,
+            actor=who.key_id,
+            action="file.uploaded",
+            masked_input={"file_id": row.id, "filename": row.filename, "bytes": row.size_bytes},
+            entity_counts=row.entity_counts,
+            policy_version=POLICY_VERSION,
+            created_at=row.created_at,
+        )
+        with self.sessions.begin() as session:
+            FileRepo(session).add(row)
+            AuditRepo(session).add(event)
+
+    def get(self, who: Principal, file_id: str) -> FileView:
+        with self.sessions() as session:
+            return FileView.from_row(self._row(session, who.tenant_id, file_id))
+
+    def page(self, who: Principal, limit: int = 100, after: str | None = None) -> FilePage:
+        with self.sessions() as session:
+            rows = FileRepo(session).page(who.tenant_id, limit + 1, after)
+        views = [FileView.from_row(r) for r in rows[:limit]]
+        return FilePage(data=views, has_more=len(rows) > limit)
+
+    def delete(self, who: Principal, file_id: str) -> None:
+        """Forget the file. Indexes keep the documents they were built from."""
+        with self.sessions.begin() as session:
+            row = self._row(session, who.tenant_id, file_id)
+            key = row.artifact_key
+            FileRepo(session).remove(row)
+        self.artifacts.delete(key)
+
+    def documents(self, tenant_id: str, file_id: str) -> list[StoredDocument]:
+        """The masked documents of a tenant's file (for index jobs)."""
+        with self.sessions() as session:
+            key = self._row(session, tenant_id, file_id).artifact_key
+        try:
+            return _decode(self.artifacts.get(key))
+        except ArtifactNotFoundError:
+            raise UploadNotFoundError(f"{file_id}: the file's stored documents are gone") from None
+
+    @staticmethod
+    def _row(session: Session, tenant_id: str, file_id: str) -> FileRow:
+        row = FileRepo(session).find(file_id, tenant_id) if _valid_id(file_id) else None
+        if row is None:
+            raise UploadNotFoundError(f"no such file: {file_id if _valid_id(file_id) else '?'}")
+        return row
+
+
+def _valid_id(file_id: str) -> bool:
+    return re.fullmatch(FILE_ID_PATTERN, file_id) is not None
+
+
+def _key(tenant_id: str, file_id: str) -> str:
+    return f"files/{tenant_id}/{file_id}.jsonl"
+
+
+def _renamed(error: DocumentError, masked_name: str) -> DocumentError:
+    """The same error, naming the file by its masked name."""
+    return type(error)(masked_name, error.reason, line=error.line)
+
+
+def _details(errors: list[BadLineError], masked_name: str) -> str | None:
+    if not errors:
+        return None
+    shown = "; ".join(str(_renamed(e, masked_name)) for e in errors[:MAX_DETAIL_ERRORS])
+    more = (
+        f" (and {len(errors) - MAX_DETAIL_ERRORS} more)" if len(errors) > MAX_DETAIL_ERRORS else ""
+    )
+    return f"{len(errors)} line(s) skipped: {shown}{more}"
+
+
+def _encode(stored: list[StoredDocument]) -> bytes:
+    lines = [
+        json.dumps({"document": asdict(s.document), "id_suffix": s.id_suffix}, ensure_ascii=False)
+        for s in stored
+    ]
+    return "\n".join(lines).encode()
+
+
+def _decode(data: bytes) -> list[StoredDocument]:
+    found = []
+    for line in data.decode().splitlines():
+        record: dict[str, Any] = json.loads(line)
+        fields = record["document"]
+        document = Document(
+            **{
+                **fields,
+                "pages": tuple(tuple(p) for p in fields["pages"]),
+                "headings": tuple(tuple(h) for h in fields["headings"]),
+            }
+        )
+        found.append(StoredDocument(document, record["id_suffix"]))
+    return found
