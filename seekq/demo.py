@@ -1,5 +1,6 @@
 """`seekq demo`: the embedded stack end to end, with a PII-bearing input."""
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -8,7 +9,9 @@ from rich.table import Table
 from api_gateway.client import SeekqClient
 from jobs.specs import decode_vector
 from seekq.client_commands import audit_table, printable
+from seekq.document_folder import collect
 from seekq.embedded import TINY_MODEL, EmbeddedStack, free_port
+from seekq.index_commands import Ingest, IngestOptions, hits_table, run_ingest, show_ingest
 
 DEMO_TEXTS = [
     "How do refunds work for annual plans?",
@@ -18,6 +21,22 @@ DEMO_TEXTS = [
     "退款需要多长时间？",
 ]
 GENERATE_PROMPT = "Write to jane.doe@example.com about the refund for the annual plan"
+DEMO_INDEX = "handbook"
+DEMO_QUERY = "how do refunds work"
+# A small folder of mixed documents; billing.md holds a card number and an e-mail address.
+SAMPLE_DOCS = {
+    "refunds.md": "# Refunds\n\nAnnual plans are refunded in full within 30 days of purchase. "
+    "The money goes back to the original card within five working days.\n",
+    "billing.md": "# Billing\n\nJane paid with card 4111 1111 1111 1111; her receipts go to "
+    "jane.doe@example.com.\n",
+    "shipping.txt": "Parcels leave the warehouse every weekday and arrive in two to four days.\n",
+    "holidays.html": "<html><body><h1>Holidays</h1><p>Staff get twenty-five days of paid "
+    "leave each year.</p></body></html>",
+    "faq.jsonl": json.dumps({"text": "Refunds for monthly plans are not pro-rated."})
+    + "\n"
+    + json.dumps({"id": "faq-queues", "text": "Queues decouple producers from GPU workers."})
+    + "\n",
+}
 
 
 def run_demo(data_dir: Path, port: int, console: Console) -> None:
@@ -52,6 +71,7 @@ def _run_jobs(stack: EmbeddedStack, console: Console) -> None:
         _generate(client, console)
         console.print("[bold]audit trail[/] (what SQL holds: masked input, entity counts)")
         console.print(audit_table(client.audit(limit=len(DEMO_TEXTS) + 2)["data"]))
+        _documents(client, stack.data_dir / "sample-docs", console)
 
 
 def _generate(client: SeekqClient, console: Console) -> None:
@@ -83,6 +103,26 @@ def _generate(client: SeekqClient, console: Console) -> None:
             " ".join(f"L{k}:E{v}" for k, v in busiest.items()),
         )
     console.print(table)
+
+
+def _documents(client: SeekqClient, folder: Path, console: Console) -> None:
+    """`seekq ingest` and `seekq search` on a small folder of mixed documents."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in SAMPLE_DOCS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    console.print(f"[bold]ingest[/] {folder} into the index '{DEMO_INDEX}' (PII masked first):")
+    run = Ingest(DEMO_INDEX)
+    run.files, run.skipped = collect(folder)
+    run_ingest(client, run, IngestOptions(folder, index_options={"type": "flat"}))
+    show_ingest(run)
+    found = client.search(DEMO_INDEX, DEMO_QUERY, k=3)
+    console.print(f"[bold]search[/] '{DEMO_QUERY}':")
+    console.print(hits_table(found["hits"]))
+    timing = found["timing"]
+    console.print(
+        f"[dim]embed {timing['embed_ms']:.1f} ms · search {timing['search_ms']:.1f} ms · "
+        f"fetch {timing['fetch_ms']:.1f} ms[/]"
+    )
 
 
 def _results_table(jobs: list[dict[str, object]]) -> Table:

@@ -50,12 +50,13 @@ Problem = dict[str, str]  # {"file"?, "code", "message"}
 @dataclass(frozen=True)
 class IngestOptions:
     path: Path
-    create: bool
-    index_options: dict[str, Any]  # type, metric, model of a new index (None: the default)
-    prune: bool
-    id_prefix: str
-    keep_files: bool
-    quiet: bool
+    create: bool = True
+    index_options: dict[str, Any] = field(default_factory=dict)  # of a new index
+    prune: bool = False
+    id_prefix: str = ""
+    keep_files: bool = False
+    quiet: bool = False
+    wait_s: float = 3600.0
 
 
 @dataclass
@@ -185,15 +186,14 @@ def _upload_one(client: SeekqClient, local: LocalFile) -> tuple[dict[str, Any] |
 
 
 def submit_index(
-    client: SeekqClient, run: Ingest, documents: list[dict[str, Any]], quiet: bool
+    client: SeekqClient, run: Ingest, documents: list[dict[str, Any]], how: IngestOptions
 ) -> None:
     """Submit the documents (≤ 10,000 per job) and follow the jobs to their end."""
-    submitted = [
+    run.jobs = [
         client.index_documents(run.index, documents[i : i + MAX_DOCUMENTS_PER_JOB])
         for i in range(0, len(documents), MAX_DOCUMENTS_PER_JOB)
     ]
-    run.jobs = submitted
-    run.jobs = follow(client, submitted, "indexing", len(documents), quiet)
+    run.jobs = follow(client, run.jobs, "indexing", len(documents), how)
 
 
 def forget_uploads(client: SeekqClient, run: Ingest) -> None:
@@ -206,10 +206,12 @@ def forget_uploads(client: SeekqClient, run: Ingest) -> None:
 
 
 def follow(
-    client: SeekqClient, jobs: list[dict[str, Any]], label: str, total: int, quiet: bool
+    client: SeekqClient, jobs: list[dict[str, Any]], label: str, total: int, how: IngestOptions
 ) -> list[dict[str, Any]]:
-    """Poll the jobs (long-poll, 1 s) until all are terminal, showing documents done."""
-    with _progress(quiet) as bars:
+    """The jobs once all are terminal (long-polls of 1 s, a bar of documents done), or as
+    they stand after `how.wait_s`."""
+    deadline = time.monotonic() + how.wait_s
+    with _progress(how.quiet) as bars:
         task = bars.add_task(label, total=total)
         while True:
             jobs = [
@@ -220,12 +222,11 @@ def follow(
             done = sum(p.get("documents_done", 0) for p in progress)
             total = max(total, sum(p.get("documents_total", 0) for p in progress))
             bars.update(task, completed=done, total=total)
-            if all(job["status"] in _TERMINAL for job in jobs):
-                bars.update(task, completed=total)
+            if all(job["status"] in _TERMINAL for job in jobs) or time.monotonic() > deadline:
                 return jobs
 
 
-def prune(client: SeekqClient, run: Ingest, root: Path, id_prefix: str, quiet: bool) -> None:
+def prune(client: SeekqClient, run: Ingest, how: IngestOptions) -> None:
     indexed: list[str] = []
     cursor: str | None = None
     while True:
@@ -233,10 +234,10 @@ def prune(client: SeekqClient, run: Ingest, root: Path, id_prefix: str, quiet: b
         indexed += [d["doc_id"] for d in page["data"]]
         if not (cursor := page.get("next_cursor")):
             break
-    run.pruned = prune_candidates(indexed, root, id_prefix)
+    run.pruned = prune_candidates(indexed, how.path, how.id_prefix)
     for i in range(0, len(run.pruned), MAX_DOCUMENTS_PER_JOB):
         job = client.delete_documents(run.index, run.pruned[i : i + MAX_DOCUMENTS_PER_JOB])
-        run.jobs += follow(client, [job], "pruning", len(run.pruned), quiet)
+        run.jobs += follow(client, [job], "pruning", len(run.pruned), how)
 
 
 # --------------------------------------------------------------------------
@@ -262,7 +263,7 @@ def show_ingest(run: Ingest) -> None:
     for job in run.jobs:
         if job["status"] != "succeeded":
             error = job.get("error") or {}
-            message = shown(str(error.get("message", "")))
+            message = shown(str(error.get("message", f"see: seekq jobs show {job['id']}")))
             console.print(f"[red]job {job['id']} {job['status']}[/]: {message}")
     counts = " · ".join(f"{summary[f'documents_{n}']} {n}" for n in _COUNTS)
     version = f" · version {summary['version']}" if "version" in summary else ""
@@ -300,6 +301,9 @@ def ingest_command(
     keep_files: Annotated[
         bool, typer.Option(help="Keep the uploaded files once indexed (GET /v1/files).")
     ] = False,
+    wait_s: Annotated[
+        float, typer.Option(help="Stop following the index job after this (it goes on).")
+    ] = 3600.0,
     url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = "",
     as_json: JsonOpt = False,
@@ -317,10 +321,11 @@ def ingest_command(
         id_prefix,
         keep_files,
         quiet=as_json,
+        wait_s=wait_s,
     )
     with _client(url, api_key) as client:
         try:
-            _call(_ingest, client, run, how)
+            _call(run_ingest, client, run, how)
         except KeyboardInterrupt:
             running = [job["id"] for job in run.jobs if job["status"] not in _TERMINAL]
             console.print(f"stopped; on the server still: {', '.join(running) or 'nothing'}")
@@ -332,17 +337,17 @@ def ingest_command(
     raise typer.Exit(run.exit_code())
 
 
-def _ingest(client: SeekqClient, run: Ingest, how: IngestOptions) -> None:
+def run_ingest(client: SeekqClient, run: Ingest, how: IngestOptions) -> None:
     ensure_index(client, run, how.create, how.index_options)
     documents = upload(client, run, how.quiet)
     try:
         if documents:
-            submit_index(client, run, documents, how.quiet)
+            submit_index(client, run, documents, how)
     finally:
         if not how.keep_files and all(job["status"] in _TERMINAL for job in run.jobs):
             forget_uploads(client, run)  # the index keeps its documents; the files are spent
     if how.prune and all(job["status"] == "succeeded" for job in run.jobs):
-        prune(client, run, how.path, how.id_prefix, how.quiet)
+        prune(client, run, how)
 
 
 def search_command(
