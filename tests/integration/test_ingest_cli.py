@@ -31,7 +31,7 @@ def seekq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def ingest(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
-    done = seekq(env, "ingest", *args, "--json")
+    done = seekq(env, "ingest", *args, "--json", "--wait-s", "120")
     assert done.returncode in {0, 3}, done.stdout + done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -126,7 +126,7 @@ def test_ingest_search_reingest_and_prune(env: dict[str, str], tmp_path: Path) -
     assert pruned["pruned"] == ["shipping.txt"]
     assert pruned["summary"]["documents_deleted"] == 1
     assert pruned["summary"]["index_documents"] == 6
-    assert all(h["doc_id"] != "shipping.txt" for h in search(env, index, SHIPPING, "-k", 10))
+    assert all(h["doc_id"] != "shipping.txt" for h in search(env, index, SHIPPING, "-k", "10"))
 
 
 def test_search_table_and_refusals(env: dict[str, str], tmp_path: Path) -> None:
