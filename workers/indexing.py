@@ -76,17 +76,31 @@ def run_index(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
         session.expunge(index)
     with _writer(context, index.id, job):
         plan = _plan(context, pool, index, spec, job)
+        if not plan.new and not plan.replaced and spec.action != "rebuild":
+            counts = (index.document_count, index.chunk_count)
+            return _result(spec, plan, index.version, 0, counts, 0)  # nothing to write
         vectors, embed_jobs = _embed(context, index, plan, job)
         pointer, removed = _write_version(context, index, plan, vectors, spec.action)
         _failpoint("index.before_swap")
-        documents, chunks = _swap(context, index, plan, pointer, job)
-    IndexVersions(context.artifacts, index_prefix(index.tenant_id, index.id)).prune(
-        {pointer.version, index.version}
-    )
+        counts = _swap(context, index, plan, pointer, job)
+    versions = IndexVersions(context.artifacts, index_prefix(index.tenant_id, index.id))
+    versions.prune({pointer.version, index.version})
+    return _result(spec, plan, pointer.version, removed, counts, embed_jobs)
+
+
+def _result(
+    spec: IndexSpec,
+    plan: Plan,
+    version: int,
+    removed: int,
+    counts: tuple[int, int],
+    embed_jobs: int,
+) -> IndexResult:
+    """The job's result; `counts`: the index's documents and chunks after it."""
     return IndexResult(
         index=spec.index,
         action=spec.action,
-        version=pointer.version,
+        version=version,
         documents_total=plan.total,
         documents_done=plan.total,
         documents_added=plan.added,
@@ -96,8 +110,8 @@ def run_index(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
         documents_failed=len(plan.failures),
         chunks=sum(len(t) for t in plan.texts),
         chunks_removed=removed,
-        index_documents=documents,
-        index_chunks=chunks,
+        index_documents=counts[0],
+        index_chunks=counts[1],
         embed_jobs=embed_jobs,
         failures=plan.failures,
     )

@@ -178,3 +178,24 @@ def _local_search(harness: Harness) -> Any:
         return (time.perf_counter() - started) * 1000
 
     return search_ms
+
+
+def main() -> None:
+    """`python -m seekq.bench.search_rows`: I1 and F3 alone (the full table: seekq bench)."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from rich.console import Console
+
+    from seekq.bench.harness import FULL, start
+    from seekq.bench.report import results_table
+
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="seekq-bench-") as tmp, ExitStack() as exits:
+        harness = start(Path(tmp), torch.get_num_threads(), exits, console)
+        console.print(results_table(document_rows(harness, FULL)))
+
+
+if __name__ == "__main__":
+    main()
