@@ -239,3 +239,25 @@ def test_index_resource_api(stack: Stack, index_workers: IndexWorkers) -> None:
         assert name in [i["name"] for i in http.get("/v1/indexes").json()["data"]]
         assert http.delete(f"/v1/indexes/{name}").status_code == 200
         assert http.get(f"/v1/indexes/{name}").status_code == 404
+
+
+def test_uploads_refuse_oversized_files_and_mask_names(
+    stack: Stack, index_workers: IndexWorkers
+) -> None:
+    limit = stack.context.settings.max_file_bytes
+    with stack.http() as http:
+        over = upload(http, "big.txt", b"a" * (limit + 1))
+        assert over.status_code == 400 and over.json()["error"]["code"] == "too_large"
+        huge = upload(http, "huge.txt", b"a" * (limit + 256 * 1024))
+        assert huge.status_code == 413
+        named = upload(http, "../../jane.doe@example.com.txt", b"hello")
+        assert named.status_code == 200, named.text
+        body = named.json()
+        assert "jane.doe" not in body["filename"] and "/" not in body["filename"]
+        assert http.get(f"/v1/files/{body['id']}").json()["filename"] == body["filename"]
+        bad = upload(http, "jane.doe@example.com.pdf", b"not a pdf")
+        assert bad.status_code == 400 and "jane.doe" not in bad.text
+        assert http.delete(f"/v1/files/{body['id']}").status_code == 200
+        assert http.get(f"/v1/files/{body['id']}").status_code == 404
+    with stack.http("other-tenant") as other:
+        assert other.get("/v1/files").json()["data"] == []
