@@ -7,14 +7,16 @@ redelivered message a no-op.
 """
 
 import logging
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import RetryableError
-from jobs.notify import JobEvents
+from jobs.notify import JobEvents, channel
 from jobs.status import ALLOWED, JobStatus, is_terminal
 from storage.repos import JobRepo
 from storage.tables import JobRow
@@ -75,6 +77,24 @@ class Lifecycle:
         self._not_claimed(row, now)
         return None
 
+    def claim_many(self, job_ids: Collection[str]) -> dict[str, Claim]:
+        """`claim` for many jobs in one statement: the claims by job id. A job it could not
+        claim is absent; `claim` on it says why (and raises LeaseHeldError as it does)."""
+        if not job_ids:
+            return {}
+        now = datetime.now(UTC)
+        with self.sessions.begin() as session:
+            rows = JobRepo(session).claim_many(
+                set(job_ids),
+                statuses=[JobStatus.QUEUED.value],
+                expired_lease_statuses=[JobStatus.RUNNING.value],
+                to_status=JobStatus.RUNNING.value,
+                now=now,
+                lease_until=now + timedelta(seconds=self.lease_s),
+                worker=self.worker,
+            )
+        return {r.id: Claim(r.id, r.kind, r.tenant_id, r.attempt, r.spec) for r in rows}
+
     def _not_claimed(self, row: JobRow, now: datetime) -> None:
         status = JobStatus(row.status)
         if is_terminal(status):
@@ -113,6 +133,66 @@ class Lifecycle:
             return JobStatus.CANCELLED
         log.warning("stale attempt %d: result dropped job_id=%s", claim.attempt, claim.job_id)
         return None
+
+    def succeed_many(
+        self, results: Sequence[tuple[Claim, dict[str, Any]]]
+    ) -> dict[str, JobStatus | None]:
+        """`succeed` for many jobs (distinct ids) in one transaction, then all their notices
+        in one Redis round trip. Each write is fenced by its claim's attempt, as `succeed`'s."""
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {"error_type": None, "error_message": None}
+        values.update(finished_at=now, lease_expires_at=None, status=JobStatus.SUCCEEDED.value)
+        updates = [(c.job_id, c.attempt, {**values, "result": r}) for c, r in results]
+        with self.sessions.begin() as session:
+            repo = JobRepo(session)
+            matched = repo.update_many_where(updates, statuses=[JobStatus.RUNNING.value])
+            if matched == len(updates):
+                ended: dict[str, JobStatus | None] = {
+                    c.job_id: JobStatus.SUCCEEDED for c, _ in results
+                }
+            else:
+                ended = self._settle_each(repo, results, now)
+        self._announce_many(ended)
+        return ended
+
+    def _settle_each(
+        self, repo: JobRepo, results: Sequence[tuple[Claim, dict[str, Any]]], now: datetime
+    ) -> dict[str, JobStatus | None]:
+        """After a batch write that did not match every row: which did (only this attempt
+        can have written its job as succeeded), and the rest end cancelled where a cancel
+        was requested, as `succeed` does; anything else was a stale attempt."""
+        states = repo.find_states([c.job_id for c, _ in results])
+        sources = [s for s in LIVE if JobStatus.CANCELLED in ALLOWED[JobStatus(s)]]
+        ended: dict[str, JobStatus | None] = {}
+        for claim, result in results:
+            if states.get(claim.job_id) == (JobStatus.SUCCEEDED.value, claim.attempt):
+                ended[claim.job_id] = JobStatus.SUCCEEDED
+                continue
+            final: dict[str, Any] = {"result": result, "error_type": None, "error_message": None}
+            final.update(status=JobStatus.CANCELLED.value, finished_at=now, lease_expires_at=None)
+            if repo.update_where(
+                claim.job_id, statuses=sources, attempt=claim.attempt, values=final
+            ):
+                ended[claim.job_id] = JobStatus.CANCELLED
+            else:
+                log.warning(
+                    "stale attempt %d: result dropped job_id=%s", claim.attempt, claim.job_id
+                )
+                ended[claim.job_id] = None
+        return ended
+
+    def _announce_many(self, ended: Mapping[str, JobStatus | None]) -> None:
+        """One pipelined PUBLISH per ended job (a hint for waiters, as `JobEvents.announce`)."""
+        notices = [(job_id, status.value) for job_id, status in ended.items() if status]
+        if not notices:
+            return
+        try:
+            pipe = self.events.redis.pipeline(transaction=False)
+            for job_id, status in notices:
+                pipe.publish(channel(job_id), status)
+            pipe.execute()
+        except RedisError as exc:
+            log.warning("job notices not sent jobs=%d error=%s", len(notices), type(exc).__name__)
 
     def fail(self, claim: Claim, error_type: str, message: str) -> bool:
         values = {"error_type": error_type[:64], "error_message": message[:2000]}

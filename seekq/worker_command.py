@@ -1,8 +1,8 @@
 """`seekq worker`: pin the GPU first, then import the worker app and hand over to Celery.
 
-Pools: a generate queue runs on the threads pool with one thread per batch slot (the
-task threads hand requests to the model's batching engine and wait); other queues run
-one job at a time on the solo pool. `--pool` overrides.
+Pools: generate and embed queues run on the threads pool (the task threads hand requests
+to the model's batching engine or the embed collector and wait); other queues run one
+job at a time on the solo pool. `--pool` overrides.
 """
 
 import json
@@ -53,13 +53,20 @@ def run_worker(
 
 
 def _pool_for(queues: list[str], pool: str, concurrency: int | None) -> tuple[str, int]:
+    """The threads pool for generate and embed queues: their task threads hand jobs to a
+    batching engine or collector and wait, so a slot is a waiting request, not a core.
+    An embed worker keeps two collections' worth of messages in hand, so the next batch
+    has arrived while one runs. Other queues: one job at a time on the solo pool."""
     if pool != "auto":
         return pool, concurrency or 1
-    if GENERATE_QUEUE in queues:
-        from workers.settings import get_worker_settings
+    if GENERATE_QUEUE not in queues and EMBED_QUEUE not in queues:
+        return "solo", 1
+    from workers.settings import get_worker_settings
 
-        return "threads", concurrency or get_worker_settings().generate_max_batch
-    return "solo", 1
+    settings = get_worker_settings()
+    slots = settings.generate_max_batch if GENERATE_QUEUE in queues else 0
+    slots += 2 * settings.embed_collect_max_jobs if EMBED_QUEUE in queues else 0
+    return "threads", concurrency or slots
 
 
 def _check_no_self_wait(queues: list[str], concurrency: int) -> None:

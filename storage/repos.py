@@ -18,6 +18,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    literal,
     or_,
     select,
     update,
@@ -170,6 +171,52 @@ class JobRepo:
         params.update(lease_until=lease_until, worker=worker)
         return self.session.execute(query, params).first()
 
+    def claim_many(
+        self,
+        job_ids: Collection[str],
+        *,
+        statuses: Collection[str],
+        expired_lease_statuses: Collection[str],
+        to_status: str,
+        now: datetime,
+        lease_until: datetime,
+        worker: str,
+    ) -> Sequence[Row[Any]]:
+        """`claim` for many jobs in one statement: the claimed rows (id, kind, tenant_id,
+        attempt, spec), in no particular order; jobs it could not claim are absent."""
+        query = _claim_many_statement(tuple(statuses), tuple(expired_lease_statuses))
+        params = {"job_ids": list(job_ids), "now": now, "to_status": to_status}
+        params.update(lease_until=lease_until, worker=worker)
+        return self.session.execute(query, params).all()
+
+    def update_many_where(
+        self,
+        updates: Sequence[tuple[str, int, dict[str, Any]]],
+        *,
+        statuses: Collection[str],
+    ) -> int | None:
+        """`update_where` for many (job_id, attempt, values) at once, every values dict with
+        the same keys: one executemany. The number of rows matched, or None where the
+        driver cannot count an executemany (the caller then checks row by row)."""
+        if not updates:
+            return 0
+        keys = tuple(sorted(updates[0][2]))
+        query = _update_many_statement(tuple(statuses), keys)
+        params = [
+            {"job_id": job_id, "expected_attempt": attempt, **_value_params(values)}
+            for job_id, attempt, values in updates
+        ]
+        result = self.session.execute(query, params)
+        assert isinstance(result, CursorResult)
+        if not result.dialect.supports_sane_multi_rowcount:
+            return None
+        return result.rowcount
+
+    def find_states(self, job_ids: Collection[str]) -> dict[str, tuple[str, int]]:
+        """(status, attempt) of each job found, by id."""
+        query = select(JobRow.id, JobRow.status, JobRow.attempt).where(JobRow.id.in_(job_ids))
+        return {row.id: (row.status, row.attempt) for row in self.session.execute(query)}
+
 
 # The hot-path statements are built once per shape and reused: building a SQLAlchemy
 # expression costs more than running the statement on SQLite. They are Core statements
@@ -189,6 +236,15 @@ def _update_statement(statuses: tuple[str, ...], with_attempt: bool, keys: tuple
     return query.values({key: bindparam(f"v_{key}") for key in keys})
 
 
+@lru_cache(maxsize=32)
+def _update_many_statement(statuses: tuple[str, ...], keys: tuple[str, ...]) -> Any:
+    """`_update_statement` with the statuses inline: an executemany takes no expanding IN."""
+    allowed = JOBS.c.status.in_([literal(status) for status in statuses])
+    query = update(JOBS).where(JOBS.c.id == bindparam("job_id"), allowed)
+    query = query.where(JOBS.c.attempt == bindparam("expected_attempt"))
+    return query.values({key: bindparam(f"v_{key}") for key in keys})
+
+
 @lru_cache(maxsize=16)
 def _claim_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any:
     now: BindParameter[datetime] = bindparam("now")
@@ -204,4 +260,23 @@ def _claim_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any
             worker=bindparam("worker"),
         )
         .returning(JOBS.c.kind, JOBS.c.tenant_id, JOBS.c.attempt, JOBS.c.spec)
+    )
+
+
+@lru_cache(maxsize=16)
+def _claim_many_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any:
+    now: BindParameter[datetime] = bindparam("now")
+    lease_expired = and_(JOBS.c.status.in_(expired), JOBS.c.lease_expires_at < now)
+    wanted = JOBS.c.id.in_(bindparam("job_ids", expanding=True))
+    return (
+        update(JOBS)
+        .where(wanted, or_(JOBS.c.status.in_(statuses), lease_expired))
+        .values(
+            status=bindparam("to_status"),
+            attempt=JOBS.c.attempt + 1,
+            lease_expires_at=bindparam("lease_until"),
+            started_at=func.coalesce(JOBS.c.started_at, now),
+            worker=bindparam("worker"),
+        )
+        .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.tenant_id, JOBS.c.attempt, JOBS.c.spec)
     )

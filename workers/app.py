@@ -5,6 +5,8 @@ process, after any fork) and passed to every task; nothing heavy happens at impo
 """
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
@@ -16,7 +18,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from jobs.catalog import CATALOG, KindEntry
+from jobs.catalog import CATALOG, JobKind, KindEntry
 from jobs.context import JobsContext
 from jobs.errors import RetryableError
 from jobs.lifecycle import LeaseHeldError
@@ -24,13 +26,17 @@ from jobs.queue import make_celery
 from jobs.settings import get_jobs_settings
 from jobs.streams import TokenStreams
 from workers.cancel import CancelWatch
-from workers.execution import LeaseKeeper, execute
+from workers.embed_batch import EmbedBatch, EmbedCollector
+from workers.execution import LeaseKeeper, Outcome, execute
 from workers.metrics import GenerationMetrics
 from workers.pool import ModelPool
 from workers.runners import RUNNERS
 from workers.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
+
+# What a task does with its job id (the task is passed for its request's hostname).
+Work = Callable[[Task, str], Outcome]
 
 READY_MESSAGE = "seekq worker ready"
 
@@ -46,6 +52,8 @@ class WorkerState:
         self.cancels: CancelWatch | None = None
         self.leases = LeaseKeeper()
         self.metrics: GenerationMetrics | None = None
+        self.embeds: EmbedCollector | None = None  # built by the first embed task
+        self._embeds_lock = threading.Lock()
 
     def start(self, **_: Any) -> None:
         settings = get_worker_settings()
@@ -76,6 +84,8 @@ class WorkerState:
             self.start()
 
     def stop(self, **_: Any) -> None:
+        if self.embeds is not None:
+            self.embeds.close()
         if self.pool is not None:
             self.pool.close()
         self.leases.close()
@@ -90,6 +100,25 @@ class WorkerState:
         if self.context is None or self.pool is None:
             raise RuntimeError("worker process was not initialised (worker_process_init)")
         return self.context, self.pool
+
+    def embed_collector(self, worker: str) -> EmbedCollector:
+        """The process's embed collector; the first embed task builds it (its lifecycle
+        names the worker as every other task's does)."""
+        with self._embeds_lock:
+            if self.embeds is None:
+                context, pool = self.require()
+                settings = get_worker_settings()
+                batch = EmbedBatch(
+                    context.lifecycle(worker),
+                    pool,
+                    self.leases,
+                    self.cancels,
+                    context.settings.max_attempts,
+                    max_texts=settings.embed_max_batch,
+                )
+                max_jobs, collect_s = settings.embed_collect_max_jobs, settings.embed_collect_ms
+                self.embeds = EmbedCollector(batch.run, max_jobs, collect_s / 1000)
+            return self.embeds
 
 
 def create_worker_app() -> Celery:
@@ -106,22 +135,13 @@ def create_worker_app() -> Celery:
 
 
 def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
-    runner = RUNNERS[entry.kind]
+    """One thin task: embed jobs go through the process's collector (micro-batched with
+    the embed jobs that arrive with them), every other kind runs alone."""
+    work = _batched(state) if entry.kind is JobKind.EMBED else _alone(entry, state)
 
     def run(task: Task, job_id: str) -> str | None:
-        context, pool = state.require()
-        lifecycle = context.lifecycle(task.request.hostname)
         try:
-            outcome = execute(
-                job_id,
-                entry,
-                runner,
-                lifecycle,
-                pool,
-                context.settings.max_attempts,
-                state.leases,
-                state.cancels,
-            )
+            outcome = work(task, job_id)
         except LeaseHeldError as exc:
             raise task.retry(countdown=exc.retry_in_s, max_retries=None) from None
         except RetryableError:
@@ -137,6 +157,33 @@ def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
         time_limit=entry.time_limit_s,
         soft_time_limit=entry.soft_time_limit_s,
     )
+
+
+def _batched(state: WorkerState) -> Work:
+    def work(task: Task, job_id: str) -> Outcome:
+        return state.embed_collector(task.request.hostname).run(job_id)
+
+    return work
+
+
+def _alone(entry: KindEntry, state: WorkerState) -> Work:
+    runner = RUNNERS[entry.kind]
+
+    def work(task: Task, job_id: str) -> Outcome:
+        context, pool = state.require()
+        lifecycle = context.lifecycle(task.request.hostname)
+        return execute(
+            job_id,
+            entry,
+            runner,
+            lifecycle,
+            pool,
+            context.settings.max_attempts,
+            state.leases,
+            state.cancels,
+        )
+
+    return work
 
 
 app = create_worker_app()

@@ -15,6 +15,12 @@ class WorkerSettings(BaseSettings):
     embed_batch_tokens: int = Field(default=8192, ge=256)
     embed_max_batch: int = Field(default=128, ge=1, le=4096)
     # Loaded in worker_process_init so the first job does not pay for it.
+    # Embed jobs that arrive together are claimed, embedded and recorded together
+    # (workers.embed_batch): at most this many jobs at once, waiting at most
+    # embed_collect_ms for more once the first has arrived. Jobs sharing one embedder
+    # call hold at most embed_max_batch texts together; a larger job runs on its own.
+    embed_collect_max_jobs: int = Field(default=64, ge=1, le=1024)
+    embed_collect_ms: float = Field(default=2.0, ge=0, le=1000)
     preload_models: list[str] = ["all-MiniLM-L6-v2"]
     torch_threads: int | None = Field(default=None, ge=1)
     # Generate jobs: sequences decoded together by one model's engine (the threads pool
