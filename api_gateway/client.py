@@ -18,7 +18,7 @@ hits = client.search("handbook", "how do refunds work", k=5)["hits"]
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -117,10 +117,10 @@ class SeekqClient:
     # Files ---------------------------------------------------------------
 
     def upload_file(
-        self, filename: str, content: bytes, *, purpose: str = "assistants"
+        self, filename: str, content: bytes | IO[bytes], *, purpose: str = "assistants"
     ) -> dict[str, Any]:
-        """Upload one file (POST /v1/files); a file the server cannot read raises with the
-        document error's code (e.g. `corrupt`, `empty`, `binary`)."""
+        """Upload one file (POST /v1/files; an open binary file is streamed); a file the
+        server cannot read raises with the document error's code (`corrupt`, `empty`...)."""
         files = {"file": (filename, content, "application/octet-stream")}
         return self._call("POST", "/v1/files", files=files, data={"purpose": purpose})
 

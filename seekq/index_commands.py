@@ -171,11 +171,10 @@ def upload(client: SeekqClient, run: Ingest, quiet: bool) -> list[dict[str, Any]
 def _upload_one(client: SeekqClient, local: LocalFile) -> tuple[dict[str, Any] | None, Problem]:
     """The file as uploaded, or None and why not."""
     try:
-        content = local.path.read_bytes()
-    except OSError as exc:
+        with local.path.open("rb") as handle:
+            return client.upload_file(local.path.name, handle), {}
+    except OSError as exc:  # opening or reading the local file
         return None, {"code": "unreadable", "message": f"{local.doc_id}: {exc.strerror}"}
-    try:
-        return client.upload_file(local.path.name, content), {}
     except SeekqAPIError as exc:
         if exc.status not in _PER_FILE_STATUSES:
             raise
