@@ -85,7 +85,11 @@ class Ingest:
                 index_documents=last["index_documents"],
                 index_chunks=last["index_chunks"],
             )
-        totals["failures"] = [f for r in results for f in r.get("failures", [])]
+        totals["failures"] = [  # a file the job could not read is named by its path
+            {**f, "document": self.file_ids.get(f["document"], f["document"])}
+            for r in results
+            for f in r.get("failures", [])
+        ]
         return totals
 
     def as_json(self) -> dict[str, Any]:
@@ -251,8 +255,7 @@ def show_ingest(run: Ingest) -> None:
     summary = run.summary()
     problems = run.upload_failures + run.upload_warnings
     failures = [(f["file"], f["code"], f["message"]) for f in problems] + [
-        (run.file_ids.get(f["document"], f["document"]), f["code"], f["message"])
-        for f in summary["failures"]
+        (f["document"], f["code"], f["message"]) for f in summary["failures"]
     ]
     if failures:
         table = Table("file", "code", "message", title="problems", title_justify="left")
