@@ -36,9 +36,10 @@ MAX_DETAIL_ERRORS = 5
 
 @dataclass(frozen=True)
 class StoredDocument:
-    """One masked document of a file; `id_suffix` is set when its id was made from the
-    file name (a .jsonl line without an "id": `#<line>`), so an index job can put the
-    document id it was given in front of it."""
+    """One masked document of a file. `id_suffix` is set when its id was made from the
+    file name: "" for the one document of a file, `#<line>` for a .jsonl line without an
+    "id"; an index job puts the document id it was given in front of it. None: a .jsonl
+    line's own "id", kept as it is."""
 
     document: Document
     id_suffix: str | None
@@ -93,7 +94,7 @@ class FileService:
     ) -> StoredDocument:
         masked, found = mask_document(document, self.masker)
         counts.update(found)
-        suffix = document.doc_id[len(name) :] if document.doc_id.startswith(f"{name}#") else None
+        suffix = _id_suffix(document.doc_id, name)
         doc_id = self.masker.mask(document.doc_id).text if suffix is None else masked_name + suffix
         return StoredDocument(replace(masked, doc_id=doc_id, source_name=masked_name), suffix)
 
@@ -148,6 +149,14 @@ class FileService:
 
 def _valid_id(file_id: str) -> bool:
     return re.fullmatch(FILE_ID_PATTERN, file_id) is not None
+
+
+def _id_suffix(doc_id: str, name: str) -> str | None:
+    if doc_id == name:
+        return ""
+    if doc_id.startswith(f"{name}#") and doc_id[len(name) + 1 :].isdigit():
+        return doc_id[len(name) :]
+    return None
 
 
 def _key(tenant_id: str, file_id: str) -> str:

@@ -231,13 +231,11 @@ def _documents_of(context: JobsContext, tenant_id: str, item: DocumentInput) -> 
         document = Document(item.id, item.text, item.id, PLAIN, _sha(item.text))
         return [_with(document, item.id, extra)]
     assert item.file_id is not None
-    stored = context.files.documents(tenant_id, item.file_id)
-    single = len(stored) == 1 and stored[0].id_suffix is None
     out = []
-    for one in stored:
+    for one in context.files.documents(tenant_id, item.file_id):
         doc_id = one.document.doc_id
-        if item.id is not None and (single or one.id_suffix is not None):
-            doc_id = item.id + (one.id_suffix or "")
+        if item.id is not None and one.id_suffix is not None:
+            doc_id = item.id + one.id_suffix  # else a .jsonl line's own id
         out.append(_with(one.document, doc_id, extra))
     return out
 

@@ -1,12 +1,14 @@
 """Pure parts of the index pipeline: spec rules, masking of nested spec values, the
 fan-out's token batches, stored file documents."""
 
+import itertools
+
 import pytest
 
 from jobs.catalog import CATALOG, JobKind, parse_spec
 from jobs.documents import Document
 from jobs.errors import SpecError
-from jobs.files import StoredDocument, _decode, _encode
+from jobs.files import StoredDocument, _decode, _encode, _id_suffix
 from jobs.index_specs import IndexCreate
 from jobs.pii import PiiMasker
 from jobs.service import mask_spec
@@ -82,7 +84,7 @@ def test_token_batches_respect_the_budget_and_keep_order() -> None:
     assert token_batches([], 250) == []
     spans = token_batches([7] * 1000, 70)
     assert spans[0] == (0, 10) and spans[-1][1] == 1000
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
 
 
 def test_stored_documents_round_trip() -> None:
@@ -98,3 +100,10 @@ def test_stored_documents_round_trip() -> None:
     )
     stored = [StoredDocument(document, None), StoredDocument(document, "#3")]
     assert _decode(_encode(stored)) == stored
+
+
+def test_document_id_suffixes() -> None:
+    assert _id_suffix("notes.jsonl", "notes.jsonl") == ""  # the file's one document
+    assert _id_suffix("notes.jsonl#12", "notes.jsonl") == "#12"  # a line without an id
+    assert _id_suffix("faq-7", "notes.jsonl") is None  # a line's own id
+    assert _id_suffix("notes.jsonl#x", "notes.jsonl") is None
