@@ -61,6 +61,8 @@ _EXTENSIONS: dict[str, tuple[str, str]] = {
     ".pdf": ("pdf", PDF),
     ".docx": ("zip", DOCX),
 }
+# The file extensions seekq reads (what `seekq ingest` uploads from a folder).
+SUPPORTED_EXTENSIONS = frozenset(_EXTENSIONS)
 _KIND_WORDS = {
     "text": "text",
     "pdf": "a PDF",

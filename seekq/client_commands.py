@@ -32,8 +32,8 @@ def submit_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a job."""
-    with _client(url, api_key) as client:
-        job = _call(
+    with open_client(url, api_key) as client:
+        job = call_api(
             client.submit,
             kind,
             _load_spec(spec),
@@ -41,7 +41,7 @@ def submit_command(
             idempotency_key=idempotency_key,
         )
         if wait > 0:
-            job = _call(client.wait, job["id"], wait)
+            job = call_api(client.wait, job["id"], wait)
     _show_job(job, as_json)
 
 
@@ -56,8 +56,8 @@ def jobs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """The tenant's jobs, newest first."""
-    with _client(url, api_key) as client:
-        page = _call(client.list_jobs, kind=kind, status=status, limit=limit, cursor=cursor)
+    with open_client(url, api_key) as client:
+        page = call_api(client.list_jobs, kind=kind, status=status, limit=limit, cursor=cursor)
     if as_json:
         typer.echo(json.dumps(page, indent=2))
         return
@@ -76,8 +76,8 @@ def jobs_show(
     job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "", as_json: JsonOpt = False
 ) -> None:
     """One job with its result."""
-    with _client(url, api_key) as client:
-        _show_job(_call(client.get, job_id), as_json)
+    with open_client(url, api_key) as client:
+        _show_job(call_api(client.get, job_id), as_json)
 
 
 @jobs_app.command("cancel")
@@ -85,8 +85,8 @@ def jobs_cancel(
     job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "", as_json: JsonOpt = False
 ) -> None:
     """Cancel a queued job, or ask a running one to stop."""
-    with _client(url, api_key) as client:
-        _show_job(_call(client.cancel, job_id), as_json)
+    with open_client(url, api_key) as client:
+        _show_job(call_api(client.cancel, job_id), as_json)
 
 
 def generate_command(
@@ -121,11 +121,11 @@ def generate_command(
         spec["messages"] = [{"role": "user", "content": prompt}]
     else:
         spec["prompt"] = prompt
-    with _client(url, api_key) as client:
-        job = _call(client.submit, "generate", spec)
+    with open_client(url, api_key) as client:
+        job = call_api(client.submit, "generate", spec)
         if spec["stream"]:
-            _call(_print_stream, client, job["id"])
-        job = _call(client.wait, job["id"], 120.0)
+            call_api(_print_stream, client, job["id"])
+        job = call_api(client.wait, job["id"], 120.0)
     if as_json:
         typer.echo(json.dumps(job, indent=2))
         return
@@ -165,8 +165,8 @@ def audit_command(
     url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "", limit: int = 20, as_json: JsonOpt = False
 ) -> None:
     """The tenant's audit trail (masked inputs, entity counts)."""
-    with _client(url, api_key) as client:
-        page = _call(client.audit, limit=limit)
+    with open_client(url, api_key) as client:
+        page = call_api(client.audit, limit=limit)
     if as_json:
         typer.echo(json.dumps(page, indent=2))
         return
@@ -231,13 +231,13 @@ def _load_spec(spec: str) -> dict[str, Any]:
     return data
 
 
-def _client(url: str, api_key: str) -> SeekqClient:
+def open_client(url: str, api_key: str) -> SeekqClient:
     if not api_key:
         raise typer.BadParameter("no API key: pass --api-key or set SEEKQ_API_KEY")
     return SeekqClient(url, api_key)
 
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+def call_api(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except SeekqAPIError as exc:

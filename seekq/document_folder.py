@@ -10,10 +10,10 @@ from pathlib import Path, PurePosixPath
 
 import typer
 
-# What the server reads (jobs.documents); anything else is reported as skipped, not sent.
-SUPPORTED_SUFFIXES = frozenset(
-    {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".pdf", ".docx"}
-)
+from jobs.documents import SUPPORTED_EXTENSIONS
+
+# What the server reads; anything else is reported as skipped, not sent.
+SUPPORTED_SUFFIXES = SUPPORTED_EXTENSIONS
 LINE_SUFFIX = re.compile(r"#(\d+)$")  # a .jsonl line's document: <the file's id>#<line>
 
 

@@ -15,7 +15,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from api_gateway.client import SeekqAPIError, SeekqClient
-from seekq.client_commands import DEFAULT_URL, JsonOpt, KeyOpt, UrlOpt, _call, _client, printable
+from seekq.client_commands import (
+    DEFAULT_URL,
+    JsonOpt,
+    KeyOpt,
+    UrlOpt,
+    call_api,
+    open_client,
+    printable,
+)
 from seekq.document_folder import LINE_SUFFIX, LocalFile, collect, prune_candidates
 
 console = Console()
@@ -325,9 +333,9 @@ def ingest_command(
         quiet=as_json,
         wait_s=wait_s,
     )
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         try:
-            _call(run_ingest, client, run, how)
+            call_api(run_ingest, client, run, how)
         except KeyboardInterrupt:
             running = [job["id"] for job in run.jobs if job["status"] not in _TERMINAL]
             console.print(f"stopped; on the server still: {', '.join(running) or 'nothing'}")
@@ -366,9 +374,9 @@ def search_command(
 ) -> None:
     """The passages of an index closest to a query, with their files and scores."""
     where = dict(_filter_pair(item) for item in filters or [])
-    with _client(url, api_key) as client:
+    with open_client(url, api_key) as client:
         started = time.perf_counter()
-        found = _call(client.search, index, query, k=k, filter=where)
+        found = call_api(client.search, index, query, k=k, filter=where)
         round_trip_ms = (time.perf_counter() - started) * 1000
     if as_json:
         typer.echo(json.dumps(found, indent=2, ensure_ascii=False))
