@@ -8,6 +8,9 @@ peer that runs in the same process tree, on the same Redis, in the same minute:
 - E1  docs/s embedded through the queue (64-doc `embed` jobs) ÷ sentence-transformers
       `encode` in this process on the same 64-doc chunks, one call per chunk; E1-global
       (information only) against one `encode` over all texts; E1-cos checks the vectors;
+- E2  512 single-text `embed` jobs submitted together (micro-batched by the worker) ÷ a
+      sentence-transformers batch-1 `encode` loop over the same texts; E2-stages
+      (information only) says where the worker's time went;
 - G1  tokens/s of 32 concurrent `generate` jobs (tiny DeepSeek-V3 MoE) through a
       `seekq worker -Q gpu.generate` ÷ sequential batch-1 transformers `generate` here;
 - G2  the batching engine's continuous ÷ static batching on outputs of 16-128 tokens, in
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from seekq.bench.embed_rows import e1_embed
+from seekq.bench.embed_rows import e1_embed, e2_single_texts
 from seekq.bench.generate_rows import g_rows
 from seekq.bench.harness import FULL, QUICK, Harness, Sizes, start
 from seekq.bench.queue_rows import q1_throughput, q2_latency
@@ -47,7 +50,7 @@ DEFAULT_OUT = Path("docs/benchmarks.md")
 
 
 def run_bench(out: Path, quick: bool, console: Console) -> None:
-    """Run Q1, Q2, E1, G1-G3 and F1, print the table and write it to `out` as Markdown."""
+    """Run Q1, Q2, E1, E2, G1-G3 and F1, print the table and write it to `out` as Markdown."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -71,6 +74,8 @@ def _run_rows(harness: Harness, sizes: Sizes, console: Console) -> list[Row]:
         rows.append(q2_latency(harness, sizes))
     with console.status("E1: embedding via the queue vs in-process sentence-transformers..."):
         rows.extend(e1_embed(harness, sizes))
+    with console.status("E2: single-text embed jobs micro-batched vs an ST batch-1 loop..."):
+        rows.extend(e2_single_texts(harness, sizes))
     rows.extend(g_rows(harness, sizes, console.status))
     # Imported here: `python -m seekq.bench.index_rows` runs F1 alone, and would import
     # the module twice if this package imported it first.

@@ -35,8 +35,9 @@ The two sides of a row never run at the same time. Before each timed run the ben
 (up to 5 s) for the machine to go quiet; the load it found is in the table above.
 
 - **Q1**: N `ping` jobs submitted with `JobService.submit` from the bench process (the
-  in-cluster Python producer) and run by `seekq worker --queues gpu.embed,cpu.ping` (solo
-  pool), timed from the first submit until all N rows are terminal in SQL. Peer: a bare
+  in-cluster Python producer) and run by `seekq worker --queues gpu.embed,cpu.ping` (the
+  threads pool, as every worker that consumes `gpu.embed`), timed from the first submit
+  until all N rows are terminal in SQL. Peer: a bare
   Celery app (`seekq/bench_peer.py`: JSON, acks_late, prefetch 1, Redis result backend
   on db 1 of the same server) whose no-op task runs in `celery -A seekq.bench_peer worker
   -P solo -Q bench.noop --without-gossip --without-mingle`: N `delay()`, then `.get()` on
@@ -47,17 +48,34 @@ The two sides of a row never run at the same time. Before each timed run the ben
   first submit until every result is read back from SQL, vs
   `SentenceTransformer(...).encode(chunk, batch_size=64)` called once per job's 64 texts
   (the same chunks, in the same order) and timed over all chunks, in the bench process
-  while the worker is idle, with the same torch thread count. Each side thus batches a
-  job's texts on their own: one padded forward pass per 64 texts. One job and one encode
+  while the worker is idle, with the same torch thread count. The peer batches each
+  chunk on its own (one padded forward pass per 64 texts); the worker joins jobs that
+  arrive together into one embedder call of up to 128 texts (`SEEKQ_EMBED_MAX_BATCH`),
+  sorted by length across them, as it does for E2. One job and one encode
   warm up first; rounds alternate (the queue, the per-chunk encodes, E1-global's single
   encode) and each side's best round is kept.
 - **E1-global**: no target. The same queue figure against ONE `encode(texts,
   batch_size=64)` over all the texts, which sorts them by length across jobs before
-  batching, so its batches pad less (the padded-token counts are in the row). The queue
-  cannot do that while each 64-doc job is run on its own; the ratio is the gap that
-  batching across jobs could close.
+  batching, so its batches pad less (the padded-token counts are in the row; the
+  worker's figure is for one 64-doc job per call, though it joins two when they arrive
+  together). The ratio is the gap that batching across more jobs could close.
 - **E1-cos**: the queue's vectors against those of E1's peer, for the same texts in the
   same order.
+- **E2**: 512 `embed` jobs of one synthetic sentence each (E1's kind of text, another
+  seed), all submitted with `JobService.submit` from the bench process and timed from the
+  first submit until every row is terminal in SQL (vectors read back afterwards, untimed,
+  and compared with the peer's). The worker micro-batches them (`workers/embed_batch.py`:
+  its threads pool holds up to 128 messages; a collector thread claims what has arrived,
+  up to 64 jobs, in one `UPDATE … RETURNING`, embeds their texts in one length-sorted
+  call, records every result in one transaction and publishes the notices in one Redis
+  pipeline). Peer: `encode([text], batch_size=1)` once per text, in the bench process
+  with the same torch thread count while the worker is idle. One warm-up each (64 jobs,
+  16 encodes); rounds alternate, each side's best kept; the per-round ratios are in the
+  row.
+- **E2-stages**: no target. The worker's own per-batch log lines for E2's best round
+  (claim, embed, record: wall ms on the collector thread, summed and divided by jobs),
+  and the CPU time per job of the worker process (all threads, from /proc) and of the
+  bench process over that round.
 
 The G rows run the tiny random DeepSeek-V3 MoE (`workers.models.tiny`, seed 0: 4 layers,
 8 routed experts top-2, a 485-token byte-level BPE), written into the bench's data dir and
@@ -134,7 +152,8 @@ audit event), and the 64 vectors stored in the JSON result as base64 little-endi
 float32 (`vectors_base64`: 2,048 characters per 384-dimension vector, about 130 KB per
 job), read back with `JobService.get` within the timing; decoding them to floats is not
 timed. The worker's forward passes are its own (`workers/backends/hf.py`: transformers
-with mean pooling), one padded batch per 64-text job, as in E1's peer.
+with mean pooling), on up to 128 texts of the jobs that arrived together (two of E1's
+jobs), sorted by length across them.
 """
 
 
