@@ -2,12 +2,12 @@
 embedder call and one result transaction.
 
 Each task thread hands its job id to the process's `EmbedCollector` and waits. The
-collector's thread takes what has arrived (waiting a few ms for more once the first is
-there) and `EmbedBatch` runs it: one `UPDATE ... RETURNING` claims every job, the texts
-of jobs that share a model go through one embedder call (which sorts them by length and
-pads little), one transaction records every result and one Redis pipeline publishes the
-notices. Then the task threads return, so Celery acks each message after its row is
-written.
+collector's thread takes what has arrived (under load, what arrived while the previous
+batch ran; optionally it waits a few ms for more) and `EmbedBatch` runs it: one
+`UPDATE ... RETURNING` claims every job, the texts of jobs that share a model go through
+one embedder call (which sorts them by length and pads little), one transaction records
+every result and one Redis pipeline publishes the notices. Then the task threads return,
+so Celery acks each message after its row is written.
 
 Per job, everything `workers.execution.execute` guarantees still holds: attempt + 1 and a
 lease on claim, kept by the lease keeper and the cancel watch until the job is recorded;

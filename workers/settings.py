@@ -19,8 +19,10 @@ class WorkerSettings(BaseSettings):
     # (workers.embed_batch): at most this many jobs at once, waiting at most
     # embed_collect_ms for more once the first has arrived. Jobs sharing one embedder
     # call hold at most embed_max_batch texts together; a larger job runs on its own.
+    # 0 ms by default: under load, batches fill while the previous one runs (512 jobs
+    # at once: same throughput with 0 and 2 ms, measured), and a lone job waits for none.
     embed_collect_max_jobs: int = Field(default=64, ge=1, le=1024)
-    embed_collect_ms: float = Field(default=2.0, ge=0, le=1000)
+    embed_collect_ms: float = Field(default=0.0, ge=0, le=1000)
     preload_models: list[str] = ["all-MiniLM-L6-v2"]
     torch_threads: int | None = Field(default=None, ge=1)
     # Generate jobs: sequences decoded together by one model's engine (the threads pool
