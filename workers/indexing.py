@@ -20,11 +20,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -42,6 +42,7 @@ from workers.pool import ModelPool
 from workers.runners import RunningJob
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WRITER_LEASE_S = 60.0
 FAILPOINT_ENV = "SEEKQ_FAILPOINT"
@@ -75,14 +76,18 @@ def run_index(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
         index = get_index_row(session, job.tenant_id, spec.index)
         session.expunge(index)
     with _writer(context, index.id, job):
-        plan = _plan(context, pool, index, spec, job)
+        clock = _Clock(job.job_id)
+        plan = clock.step("plan", lambda: _plan(context, pool, index, spec, job))
         if not plan.new and not plan.replaced and spec.action != "rebuild":
             counts = (index.document_count, index.chunk_count)
             return _result(spec, plan, index.version, 0, counts, 0)  # nothing to write
-        vectors, embed_jobs = _embed(context, index, plan, job)
-        pointer, removed = _write_version(context, index, plan, vectors, spec.action)
+        vectors, embed_jobs = clock.step("embed", lambda: _embed(context, index, plan, job))
+        pointer, removed = clock.step(
+            "write", lambda: _write_version(context, index, plan, vectors, spec.action)
+        )
         _failpoint("index.before_swap")
-        counts = _swap(context, index, plan, pointer, job)
+        counts = clock.step("swap", lambda: _swap(context, index, plan, pointer, job))
+        clock.report()
     versions = IndexVersions(context.artifacts, index_prefix(index.tenant_id, index.id))
     versions.prune({pointer.version, index.version})
     return _result(spec, plan, pointer.version, removed, counts, embed_jobs)
@@ -115,6 +120,25 @@ def _result(
         embed_jobs=embed_jobs,
         failures=plan.failures,
     )
+
+
+class _Clock:
+    """Seconds per step of one index job, logged at the end (where does ingest time go)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.steps: dict[str, float] = {}
+
+    def step(self, name: str, run: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        try:
+            return run()
+        finally:
+            self.steps[name] = time.perf_counter() - started
+
+    def report(self) -> None:
+        timings = " ".join(f"{name}_s={s:.2f}" for name, s in self.steps.items())
+        log.info("index job steps job_id=%s %s", self.job_id, timings)
 
 
 def _context(pool: ModelPool) -> JobsContext:
