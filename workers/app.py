@@ -114,7 +114,7 @@ class WorkerState:
                     self.leases,
                     self.cancels,
                     context.settings.max_attempts,
-                    max_texts=settings.embed_max_batch,
+                    max_texts=settings.embed_collect_max_texts,
                 )
                 max_jobs, collect_s = settings.embed_collect_max_jobs, settings.embed_collect_ms
                 self.embeds = EmbedCollector(batch.run, max_jobs, collect_s / 1000)

@@ -49,16 +49,16 @@ The two sides of a row never run at the same time. Before each timed run the ben
   `SentenceTransformer(...).encode(chunk, batch_size=64)` called once per job's 64 texts
   (the same chunks, in the same order) and timed over all chunks, in the bench process
   while the worker is idle, with the same torch thread count. The peer batches each
-  chunk on its own (one padded forward pass per 64 texts); the worker joins jobs that
-  arrive together into one embedder call of up to 128 texts (`SEEKQ_EMBED_MAX_BATCH`),
-  sorted by length across them, as it does for E2. One job and one encode
+  chunk on its own (one padded forward pass per 64 texts), and so does the worker: it
+  joins jobs that arrive together into one embedder call of at most 64 texts
+  (`SEEKQ_EMBED_COLLECT_MAX_TEXTS`), so each 64-doc job still runs alone. One job and one encode
   warm up first; rounds alternate (the queue, the per-chunk encodes, E1-global's single
   encode) and each side's best round is kept.
 - **E1-global**: no target. The same queue figure against ONE `encode(texts,
   batch_size=64)` over all the texts, which sorts them by length across jobs before
-  batching, so its batches pad less (the padded-token counts are in the row; the
-  worker's figure is for one 64-doc job per call, though it joins two when they arrive
-  together). The ratio is the gap that batching across more jobs could close.
+  batching, so its batches pad less (the padded-token counts are in the row). The queue
+  cannot do that while each 64-doc job is run on its own; the ratio is the gap that
+  batching across jobs could close.
 - **E1-cos**: the queue's vectors against those of E1's peer, for the same texts in the
   same order.
 - **E2**: 512 `embed` jobs of one synthetic sentence each (E1's kind of text, another
@@ -152,8 +152,7 @@ audit event), and the 64 vectors stored in the JSON result as base64 little-endi
 float32 (`vectors_base64`: 2,048 characters per 384-dimension vector, about 130 KB per
 job), read back with `JobService.get` within the timing; decoding them to floats is not
 timed. The worker's forward passes are its own (`workers/backends/hf.py`: transformers
-with mean pooling), on up to 128 texts of the jobs that arrived together (two of E1's
-jobs), sorted by length across them.
+with mean pooling), one padded batch per 64-text job, as in E1's peer.
 """
 
 
