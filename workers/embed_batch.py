@@ -119,7 +119,11 @@ class EmbedBatch:
             positions = list(jobs)
             for group in plan:
                 members = [(positions[i], jobs[positions[i]]) for i in group]
-                answers.update(self._run_group(members, timing))
+                try:
+                    answers.update(self._run_group(members, timing))
+                except Exception as exc:  # a DB error while recording: this group's tasks
+                    log.exception("embed group failed jobs=%d", len(members))
+                    answers.update((index, exc) for index, _ in members)
         finally:
             for job in jobs.values():
                 self._release(job)
@@ -259,7 +263,7 @@ def _group_key(job: _Job) -> tuple[Hashable, int]:
     return (job.spec.model, job.spec.normalize), len(job.spec.input)
 
 
-def _shown(status: Any) -> str:
+def _shown(status: JobStatus | None) -> str:
     return status.value if status else "stale"
 
 

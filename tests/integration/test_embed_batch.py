@@ -250,3 +250,30 @@ def test_claim_many_gives_attempt_and_lease(quiet_context: JobsContext) -> None:
         assert row["status"] == "running" and row["lease_expires_at"] is not None
         with pytest.raises(LeaseHeldError):
             quiet_context.lifecycle("other").claim(job_id)
+
+
+def test_a_group_that_cannot_be_recorded_fails_only_its_own_tasks(
+    quiet_context: JobsContext, embedding: Embedding, leases: LeaseKeeper
+) -> None:
+    who = principal(quiet_context)
+    ids = submit(quiet_context, who, sentences(4))
+    lifecycle = quiet_context.lifecycle("batch-worker")
+    succeed_many, succeed = lifecycle.succeed_many, lifecycle.succeed
+
+    def refuse_many(pairs: Any) -> Any:
+        if any(claim.job_id == ids[0] for claim, _ in pairs):
+            raise RuntimeError("database went away")
+        return succeed_many(pairs)
+
+    def refuse_one(claim: Any, result: Any) -> Any:
+        if claim.job_id == ids[0]:
+            raise RuntimeError("database went away")
+        return succeed(claim, result)
+
+    lifecycle.succeed_many = refuse_many  # type: ignore[method-assign]
+    lifecycle.succeed = refuse_one  # type: ignore[method-assign]
+    batch = EmbedBatch(lifecycle, Pool(embedding), leases, None, max_attempts=3, max_texts=2)  # type: ignore[arg-type]
+    answers = batch.run(ids)
+    assert embedding.calls == [2, 2]  # two shared calls of two
+    assert all(isinstance(answer, RuntimeError) for answer in answers[:2])
+    assert answers[2:] == [Outcome(job_id, JobStatus.SUCCEEDED) for job_id in ids[2:]]
