@@ -252,13 +252,7 @@ def _claim_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any
     return (
         update(JOBS)
         .where(JOBS.c.id == bindparam("job_id"), or_(JOBS.c.status.in_(statuses), lease_expired))
-        .values(
-            status=bindparam("to_status"),
-            attempt=JOBS.c.attempt + 1,
-            lease_expires_at=bindparam("lease_until"),
-            started_at=func.coalesce(JOBS.c.started_at, now),
-            worker=bindparam("worker"),
-        )
+        .values(_claimed_values(now))
         .returning(JOBS.c.kind, JOBS.c.tenant_id, JOBS.c.attempt, JOBS.c.spec)
     )
 
@@ -271,12 +265,17 @@ def _claim_many_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -
     return (
         update(JOBS)
         .where(wanted, or_(JOBS.c.status.in_(statuses), lease_expired))
-        .values(
-            status=bindparam("to_status"),
-            attempt=JOBS.c.attempt + 1,
-            lease_expires_at=bindparam("lease_until"),
-            started_at=func.coalesce(JOBS.c.started_at, now),
-            worker=bindparam("worker"),
-        )
+        .values(_claimed_values(now))
         .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.tenant_id, JOBS.c.attempt, JOBS.c.spec)
     )
+
+
+def _claimed_values(now: BindParameter[datetime]) -> dict[str, Any]:
+    """What a claim sets: the new status, attempt + 1, the lease, the worker."""
+    return {
+        "status": bindparam("to_status"),
+        "attempt": JOBS.c.attempt + 1,
+        "lease_expires_at": bindparam("lease_until"),
+        "started_at": func.coalesce(JOBS.c.started_at, now),
+        "worker": bindparam("worker"),
+    }
