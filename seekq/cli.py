@@ -88,10 +88,13 @@ def worker(
     ),
     gpu: Annotated[int | None, typer.Option(help="Pin to this CUDA device.")] = None,
     pool: Annotated[
-        str, typer.Option(help="auto (threads for generate queues, else solo) | solo | threads")
+        str,
+        typer.Option(
+            help="auto (threads for generate and embed queues, else solo) | solo | threads"
+        ),
     ] = "auto",
     concurrency: Annotated[
-        int | None, typer.Option(help="Task slots (auto: SEEKQ_GENERATE_MAX_BATCH or 1).")
+        int | None, typer.Option(help="Task slots (auto: generate batch slots + 2 x embed collection, or 1).")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     log_level: str = "INFO",
@@ -201,7 +204,7 @@ def bench(
     ),
     quick: Annotated[bool, typer.Option(help="Fewer iterations (a smoke run).")] = False,
 ) -> None:
-    """Benchmarks as ratios against peers run side by side (Q1, Q2, E1, G1-G3, F1)."""
+    """Benchmarks as ratios against peers run side by side (Q1, Q2, E1, E2, G1-G3, F1, I1, F3)."""
     from seekq.bench import run_bench
 
     run_bench(out, quick, console)

