@@ -94,7 +94,7 @@ def worker(
         ),
     ] = "auto",
     concurrency: Annotated[
-        int | None, typer.Option(help="Task slots (auto: generate batch slots + 2 x embed collection, or 1).")
+        int | None, typer.Option(help="Task slots (auto: batch slots for generate/embed, else 1).")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     log_level: str = "INFO",

@@ -32,7 +32,7 @@ from jobs.lifecycle import Claim, Lifecycle
 from jobs.specs import EmbedResult, EmbedSpec
 from jobs.status import JobStatus
 from workers.cancel import CancelWatch
-from workers.execution import LeaseKeeper, Outcome, _record_cancel, _record_failure
+from workers.execution import LeaseKeeper, Outcome, record_cancel, record_failure
 from workers.pool import ModelPool
 from workers.runners import RunningJob, run_embed
 
@@ -241,17 +241,17 @@ class EmbedBatch:
         try:
             result = run_embed(job.spec, self.pool, running)
         except JobCancelledError as exc:
-            return Outcome(claim.job_id, _record_cancel(self.lifecycle, claim, exc.partial))
+            return Outcome(claim.job_id, record_cancel(self.lifecycle, claim, exc.partial))
         except PermanentError as exc:
-            return Outcome(claim.job_id, _record_failure(self.lifecycle, claim, exc))
+            return Outcome(claim.job_id, record_failure(self.lifecycle, claim, exc))
         except RetryableError as exc:
             if claim.attempt >= self.max_attempts:
-                return Outcome(claim.job_id, _record_failure(self.lifecycle, claim, exc))
+                return Outcome(claim.job_id, record_failure(self.lifecycle, claim, exc))
             self.lifecycle.release(claim)
             return exc
         except Exception as exc:  # a bug or a backend crash: the job fails with the class name
             log.exception("job crashed job_id=%s", claim.job_id)
-            return Outcome(claim.job_id, _record_failure(self.lifecycle, claim, exc))
+            return Outcome(claim.job_id, record_failure(self.lifecycle, claim, exc))
         finally:
             self._release(job)
         status = self.lifecycle.succeed(claim, result.model_dump(mode="json"))

@@ -132,19 +132,21 @@ def execute(
     started = time.perf_counter()
     with _kept(leases, cancels, lifecycle, claim) as stop:
         try:
-            result = runner(spec, pool, RunningJob(job_id, claim.attempt, stop.is_set, claim.tenant_id))
+            result = runner(
+                spec, pool, RunningJob(job_id, claim.attempt, stop.is_set, claim.tenant_id)
+            )
         except JobCancelledError as exc:
-            return Outcome(job_id, _record_cancel(lifecycle, claim, exc.partial))
+            return Outcome(job_id, record_cancel(lifecycle, claim, exc.partial))
         except PermanentError as exc:
-            return Outcome(job_id, _record_failure(lifecycle, claim, exc))
+            return Outcome(job_id, record_failure(lifecycle, claim, exc))
         except RetryableError as exc:
             if claim.attempt >= max_attempts:
-                return Outcome(job_id, _record_failure(lifecycle, claim, exc))
+                return Outcome(job_id, record_failure(lifecycle, claim, exc))
             lifecycle.release(claim)
             raise
         except Exception as exc:  # a bug or a backend crash: the job fails with the class name
             log.exception("job crashed job_id=%s", job_id)
-            return Outcome(job_id, _record_failure(lifecycle, claim, exc))
+            return Outcome(job_id, record_failure(lifecycle, claim, exc))
     run_s = time.perf_counter() - started
     status = lifecycle.succeed(claim, result.model_dump(mode="json"))
     outcome = status.value if status else "stale"
@@ -152,13 +154,13 @@ def execute(
     return Outcome(job_id, status)
 
 
-def _record_cancel(
+def record_cancel(
     lifecycle: Lifecycle, claim: Claim, partial: dict[str, Any] | None
 ) -> JobStatus | None:
     log.info("job cancelled mid-run job_id=%s", claim.job_id)
     return JobStatus.CANCELLED if lifecycle.cancelled(claim, partial) else None
 
 
-def _record_failure(lifecycle: Lifecycle, claim: Claim, exc: Exception) -> JobStatus | None:
+def record_failure(lifecycle: Lifecycle, claim: Claim, exc: Exception) -> JobStatus | None:
     log.warning("job failed job_id=%s error=%s", claim.job_id, type(exc).__name__)
     return JobStatus.FAILED if lifecycle.fail(claim, type(exc).__name__, str(exc)) else None
