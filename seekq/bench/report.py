@@ -131,6 +131,29 @@ different random streams, so every figure counts the tokens each side really pro
   untimed queries each; each side's best round is kept. faiss's OpenMP threads are set
   to the torch thread count (faiss parallelises over queries, so a batch-1 search runs on
   one thread on both sides; the HNSW build uses them all).
+- **I1**: no target (the issue asks for the figure). One `index` job (upsert) of 120
+  seeded synthetic documents of 4-8 paragraphs (40-90 words each) as inline text, into an
+  HNSW index, timed from submit until the job has succeeded: masking at submit, then in
+  `seekq worker --queues cpu.index` the plan against SQL, chunking (≤ 256 MiniLM tokens,
+  32 overlap), the fan-out to embed sub-jobs of ~8,192 tokens on the embed worker, the
+  FAISS version file and the SQL swap. Peer: `SentenceTransformer.encode` of the very same
+  chunk texts (read back from SQL) with batch 64 in the bench process. The index worker
+  logs its steps; embedding is nearly all of it (e.g. plan 0.35 s, embed 17.8 s, write
+  0.02 s, swap 0.02 s for 318 chunks while other work ran).
+- **F3**: `seekq worker --queues cpu.search` (solo pool, MiniLM preloaded) on the I1
+  index; 100 sequential queries (the first 80 characters of other synthetic documents),
+  k 5. Via the queue: `IndexService.search` (submit: spec, masking, the index check, the
+  job row and its audit event, publish) then `JobService.wait` until the result is read
+  back. In-process: `workers.searching.run_search` on a `ModelPool` of the bench process
+  (the same code: read the index row, embed the query, load the version (cached), FAISS
+  top-k, chunks from SQL). 10 untimed calls each, then alternating blocks of 10. Where the
+  queue's time goes (a probe in the same setup, medians): submit 2-4 ms, of which the
+  Redis publish is 0.9-2.7 ms (0.2 ms on an idle machine: the `sendall` waits while the
+  two cores run torch), the index check 0.34 ms, the job and audit insert 0.44 ms;
+  publish → claim ~1.3 ms; the runner itself takes as long in the worker as in-process;
+  result write, notice and read-back ~1.5-2 ms. On 2 cores every cross-process hop waits
+  behind the forward pass's two torch threads; `OMP_WAIT_POLICY=PASSIVE` or one torch
+  thread in the search worker made the total no better (measured).
 
 ## What seekq does per job that the Q1/Q2 peer does not
 
