@@ -25,6 +25,8 @@ from enum import StrEnum
 import phonenumbers
 
 POLICY_VERSION: str = "pii-v1"
+# What a masked value looks like in text: [TYPE:<fp>] or [TYPE:<shown>:<fp>].
+MASK_TOKEN = re.compile(r"\[[A-Z_]+:(?:[^\]:\s]*:)?[0-9a-f]{8}\]")
 
 _MIN_KEY_BYTES = 16
 _FINGERPRINT_HEX_CHARS = 8

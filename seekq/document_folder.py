@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 import typer
 
 from jobs.documents import SUPPORTED_EXTENSIONS
+from jobs.pii import MASK_TOKEN
 
 # What the server reads; anything else is reported as skipped, not sent.
 SUPPORTED_SUFFIXES = SUPPORTED_EXTENSIONS
@@ -58,11 +59,13 @@ def _consider(path: Path, doc_id: str) -> tuple[list[LocalFile], list[dict[str, 
 def prune_candidates(indexed: list[str], root: Path, id_prefix: str) -> list[str]:
     """Ids under `id_prefix` that name a readable-type file missing from `root`, and
     `<file>.jsonl#<n>` ids whose file has no line n any more (or a blank one). Ids that
-    name no such path (a .jsonl line's own id, another source's) are kept."""
+    name no such path (a .jsonl line's own id, another source's) are kept, and so are ids
+    the server masked (personal data in a path): which local file they name cannot be
+    told here, so they are never pruned."""
     lines: dict[Path, list[str]] = {}
     gone = []
     for doc_id in indexed:
-        if not doc_id.startswith(id_prefix):
+        if not doc_id.startswith(id_prefix) or MASK_TOKEN.search(doc_id):
             continue
         relative = doc_id[len(id_prefix) :]
         line = LINE_SUFFIX.search(relative)
