@@ -4,7 +4,7 @@ change them (202 with the job), and search (a `search` job the call waits for)."
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import IndexesDep, PrincipalDep, ServiceDep, SettingsDep
@@ -28,14 +28,20 @@ router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
 
 
 class DocumentsAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     documents: list[DocumentInput] = Field(min_length=1, max_length=MAX_INDEX_DOCUMENTS)
 
 
 class DocumentsDelete(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     ids: list[DocId] = Field(min_length=1, max_length=MAX_INDEX_DOCUMENTS)
 
 
 class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     query: str = Field(min_length=1, max_length=4096)
     k: int = Field(default=5, ge=1, le=MAX_K)
     filter: SearchFilter = Field(default_factory=dict)

@@ -261,3 +261,36 @@ def test_uploads_refuse_oversized_files_and_mask_names(
         assert http.get(f"/v1/files/{body['id']}").status_code == 404
     with stack.http("other-tenant") as other:
         assert other.get("/v1/files").json()["data"] == []
+
+
+def test_hostile_input_gets_clear_errors_never_500(stack: Stack, index: str) -> None:
+    bad_requests = [
+        ("post", f"/v1/indexes/{index}/search", {"query": "x", "k": 0}, 422),
+        ("post", f"/v1/indexes/{index}/search", {"query": "x", "filter": {"a": {"b": 1}}}, 422),
+        ("post", f"/v1/indexes/{index}/search", {"query": "x", "extra": 1}, 422),
+        ("post", f"/v1/indexes/{index}/documents", {"documents": []}, 422),
+        ("post", f"/v1/indexes/{index}/documents", {"documents": [{"id": "a"}]}, 422),
+        ("post", f"/v1/indexes/{index}/documents", {"documents": [{"file_id": "../x"}]}, 422),
+        ("post", f"/v1/indexes/{index}/documents/delete", {"ids": [""]}, 422),
+        ("post", "/v1/indexes/%2e%2e/documents", {"documents": [{"id": "a", "text": "b"}]}, 422),
+        ("get", "/v1/indexes/%00/documents", None, 404),
+        ("get", "/v1/files/../../etc/passwd", None, 404),
+        ("delete", "/v1/files/file-zzz", None, 404),
+        ("post", "/v1/indexes", {"name": "A B"}, 422),
+        ("post", "/v1/indexes", {"name": "okname", "model": "no-such-model"}, 404),
+        ("post", "/v1/indexes", {"name": "okname2", "chunk_tokens": 10_000}, 422),
+    ]
+    with stack.http() as http:
+        for method, path, body, expected in bad_requests:
+            response = http.request(method, path, json=body)
+            assert response.status_code == expected, (method, path, response.text)
+            if expected >= 400:
+                assert response.json()["error"]["message"], path
+        no_file = http.post("/v1/files", data={"purpose": "assistants"})
+        assert no_file.status_code == 422
+        wrong_purpose = upload(http, "a.txt", b"hello").status_code
+        assert wrong_purpose == 200
+        batch = http.post(
+            "/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "batch"}
+        )
+        assert batch.status_code == 422 and "document files only" in batch.text
