@@ -107,3 +107,23 @@ def test_document_id_suffixes() -> None:
     assert _id_suffix("notes.jsonl#12", "notes.jsonl") == "#12"  # a line without an id
     assert _id_suffix("faq-7", "notes.jsonl") is None  # a line's own id
     assert _id_suffix("notes.jsonl#x", "notes.jsonl") is None
+
+
+def test_progress_counts_documents_whose_chunks_are_all_embedded() -> None:
+    import numpy as np
+
+    from workers.indexing import _Progress
+
+    progress = _Progress([0, 0, 1, 2, 2, 2], settled=3, total=6)
+    embedded = np.zeros(6, dtype=np.bool_)
+    assert progress.report(embedded)["documents_done"] == 3
+    embedded[[0, 2]] = True
+    assert progress.report(embedded) == {
+        "documents_total": 6,
+        "documents_done": 4,
+        "chunks": 6,
+        "chunks_embedded": 2,
+    }
+    embedded[:] = True
+    assert progress.report(embedded)["documents_done"] == 6
+    assert progress.report(embedded)["documents_done"] == 6  # reported twice, counted once
