@@ -78,11 +78,16 @@ class IndexRepo:
         )
         self.session.execute(query)
 
-    def swap(self, index_id: str, job_id: str, values: dict[str, Any]) -> bool:
-        """Point the index at a new version (with its counts); fenced on the writer."""
+    def swap(self, index_id: str, job_id: str, from_version: int, values: dict[str, Any]) -> bool:
+        """Point the index at a new version (with its counts); fenced on the writer and on
+        the version the new one was built from."""
         query = (
             update(IndexRow)
-            .where(IndexRow.id == index_id, IndexRow.writer_job_id == job_id)
+            .where(
+                IndexRow.id == index_id,
+                IndexRow.writer_job_id == job_id,
+                IndexRow.version == from_version,
+            )
             .values(**values)
         )
         return _matched(self.session.execute(query))

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from jobs.context import JobsContext
 from jobs.documents import PLAIN, Document
-from jobs.errors import JobCancelledError, PermanentError, UploadNotFoundError
+from jobs.errors import JobCancelledError, RetryableError, UploadNotFoundError
 from jobs.index_specs import DocumentFailure, DocumentInput, IndexResult, IndexSpec
 from jobs.indexes import get_index_row, index_prefix
 from storage.index_repos import DocumentRepo, IndexRepo, NewChunk, NewDocument
@@ -72,10 +72,11 @@ class Plan:
 def run_index(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
     assert isinstance(spec, IndexSpec)
     context = _context(pool)
-    with context.sessions() as session:
-        index = get_index_row(session, job.tenant_id, spec.index)
-        session.expunge(index)
-    with _writer(context, index.id, job):
+    index_id = _read_index(context, job.tenant_id, spec.index).id
+    with _writer(context, index_id, job):
+        # Read again under the writer lease: a writer before us may have swapped in a new
+        # version since, and this job must build on that one.
+        index = _read_index(context, job.tenant_id, spec.index)
         clock = _Clock(job.job_id)
         plan = clock.step("plan", lambda: _plan(context, pool, index, spec, job))
         if not plan.new and not plan.replaced and spec.action != "rebuild":
@@ -139,6 +140,13 @@ class _Clock:
     def report(self) -> None:
         timings = " ".join(f"{name}_s={s:.2f}" for name, s in self.steps.items())
         log.info("index job steps job_id=%s %s", self.job_id, timings)
+
+
+def _read_index(context: JobsContext, tenant_id: str, name: str) -> IndexRow:
+    with context.sessions() as session:
+        index = get_index_row(session, tenant_id, name)
+        session.expunge(index)
+    return index
 
 
 def _context(pool: ModelPool) -> JobsContext:
@@ -431,8 +439,8 @@ def _swap(
             "chunk_count": chunks,
             "updated_at": now,
         }
-        if not IndexRepo(session).swap(index.id, job.job_id, values):
-            raise PermanentError("the index writer lease was lost; the new version is dropped")
+        if not IndexRepo(session).swap(index.id, job.job_id, index.version, values):
+            raise RetryableError("the index writer lease was lost; the new version is dropped")
     return documents, chunks
 
 

@@ -294,3 +294,36 @@ def test_hostile_input_gets_clear_errors_never_500(stack: Stack, index: str) -> 
             "/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "batch"}
         )
         assert batch.status_code == 422 and "document files only" in batch.text
+
+
+def test_two_index_workers_write_one_index_in_turn(stack: Stack, index: str) -> None:
+    """One writer per index: jobs running at once on two index workers take turns, and
+    each builds on the version the other swapped in (nothing is lost)."""
+    env = stack_env(
+        stack.database_url,
+        stack.redis_db,
+        stack.tmp,
+        SEEKQ_MODELS_FILE=str(stack.context.settings.models_file),
+    )
+    second = WorkerProcess(env, stack.tmp / "second-index.log", queues="cpu.index").start()
+    try:
+        with stack.http() as http:
+            ids = []
+            for n in range(4):
+                doc = {
+                    "id": f"doc-{n}",
+                    "text": f"Topic number {n}: the {['red', 'green', 'blue', 'gold'][n]} room.",
+                }
+                response = http.post(f"/v1/indexes/{index}/documents", json={"documents": [doc]})
+                ids.append(response.json()["id"])
+            jobs = [wait_job(http, job_id) for job_id in ids]
+            assert all(job["status"] == "succeeded" for job in jobs), jobs
+            view = http.get(f"/v1/indexes/{index}").json()
+            assert view["documents"] == 4 and view["chunks"] == 4
+            assert sorted(job["result"]["version"] for job in jobs) == [1, 2, 3, 4]
+            hits = search(http, index, "the gold room", k=4)["hits"]
+            assert {h["doc_id"] for h in hits} == {"doc-0", "doc-1", "doc-2", "doc-3"}
+            assert hits[0]["doc_id"] == "doc-3"
+    finally:
+        second.stop()
+    assert "job finished" in second.log()  # the second worker did take some of the jobs
