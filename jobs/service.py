@@ -157,13 +157,18 @@ class JobService:
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent_id: str | None = None,
     ) -> JobPage:
+        """Top-level jobs, or with `parent_id` that job's sub-jobs."""
+        if parent_id is not None and not _is_uuid(parent_id):
+            raise SpecError("parent_id: not a job id")
         query = JobPageQuery(
             tenant_id=who.tenant_id,
             limit=_check_limit(limit),
             kind=get_entry(kind).kind.value if kind else None,
             status=_parse_status(status) if status else None,
             before=_decode_job_cursor(cursor) if cursor else None,
+            parent_id=parent_id,
         )
         with self.sessions() as session:
             rows = JobRepo(session).page(query)

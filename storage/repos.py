@@ -36,6 +36,8 @@ class JobPageQuery:
     status: str | None = None
     # Keyset cursor: jobs strictly older than (created_at, id).
     before: tuple[datetime, str] | None = None
+    # None: top-level jobs only; a job id: that job's sub-jobs (an index job's embeds).
+    parent_id: str | None = None
 
 
 def insert_row(session: Session, row: JobRow | AuditEventRow) -> None:
@@ -114,6 +116,10 @@ class JobRepo:
 
     def page(self, q: JobPageQuery) -> Sequence[JobRow]:
         query = select(JobRow).where(JobRow.tenant_id == q.tenant_id)
+        if q.parent_id is None:
+            query = query.where(JobRow.parent_id.is_(None))
+        else:
+            query = query.where(JobRow.parent_id == q.parent_id)
         if q.kind is not None:
             query = query.where(JobRow.kind == q.kind)
         if q.status is not None:

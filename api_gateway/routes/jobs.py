@@ -93,9 +93,15 @@ def list_jobs(
     status_: Annotated[str | None, Query(alias="status", max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    parent_id: Annotated[
+        str | None, Query(max_length=36, description="list this job's sub-jobs instead")
+    ] = None,
 ) -> JobPage:
-    """The caller's jobs, newest first; pass `next_cursor` back as `cursor` for more."""
-    return service.list_jobs(who, kind=kind, status=status_, limit=limit, cursor=cursor)
+    """The caller's jobs, newest first; pass `next_cursor` back as `cursor` for more.
+    Sub-jobs (an index job's embed batches) are listed only under their `parent_id`."""
+    return service.list_jobs(
+        who, kind=kind, status=status_, limit=limit, cursor=cursor, parent_id=parent_id
+    )
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView)

@@ -95,6 +95,11 @@ def test_ingest_search_reingest_delete(stack: Stack, index: str) -> None:
         assert result["documents_added"] == 4 and result["documents_failed"] == 0
         assert result["chunks"] >= 4 and result["embed_jobs"] >= 1
         assert job["progress"]["documents_done"] == 4
+        listed = http.get("/v1/jobs", params={"kind": "embed"}).json()["data"]
+        assert all(j["parent_id"] is None for j in listed)  # sub-jobs only under their parent
+        subs = http.get("/v1/jobs", params={"parent_id": job["id"]}).json()["data"]
+        assert len(subs) == result["embed_jobs"] and {j["kind"] for j in subs} == {"embed"}
+        assert http.get("/v1/jobs", params={"parent_id": "nope"}).status_code == 422
         hits = search(http, index, "Overseas deliveries take two to three weeks", k=3)["hits"]
         assert hits[0]["doc_id"] == "docs/shipping.txt" and hits[0]["file"] == "shipping.txt"
         assert hits[0]["score"] > 0.5
