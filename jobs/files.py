@@ -22,11 +22,12 @@ from jobs.errors import SpecError, UploadNotFoundError
 from jobs.index_records import FilePage, FileView
 from jobs.index_specs import FILE_ID_PATTERN
 from jobs.keys import Principal
-from jobs.pii import POLICY_VERSION, PiiMasker
+from jobs.pii import PiiMasker
+from jobs.service import audit_event
 from storage.artifacts import ArtifactNotFoundError, ArtifactStore
 from storage.index_repos import FileRepo
 from storage.repos import AuditRepo
-from storage.tables import AuditEventRow, FileRow
+from storage.tables import FileRow
 
 # OpenAI's purposes that mean "documents to search"; batch and fine-tune files are other
 # issues' work and are refused with a clear message until then.
@@ -63,12 +64,13 @@ class FileService:
             known = ", ".join(sorted(DOCUMENT_PURPOSES))
             raise SpecError(f"purpose: this server takes document files only ({known})")
         name = safe_name(filename)
-        masked_name = self.masker.mask(name).text
+        masked = self.masker.mask(name)
+        masked_name = masked.text
         try:
             extraction = extract(name, data, max_bytes=self.max_file_bytes)
         except DocumentError as error:
             raise _renamed(error, masked_name) from None
-        counts: Counter[str] = Counter(self.masker.mask(name).counts)
+        counts: Counter[str] = Counter(masked.counts)
         stored = [self._masked(d, name, masked_name, counts) for d in extraction.documents]
         file_id = f"file-{uuid.uuid4().hex}"
         info = self.artifacts.put(_key(who.tenant_id, file_id), _encode(stored))
@@ -99,15 +101,8 @@ class FileService:
         return StoredDocument(replace(masked, doc_id=doc_id, source_name=masked_name), suffix)
 
     def _commit(self, who: Principal, row: FileRow) -> None:
-        event = AuditEventRow(
-            tenant_id=who.tenant_id,
-            actor=who.key_id,
-            action="file.uploaded",
-            masked_input={"file_id": row.id, "filename": row.filename, "bytes": row.size_bytes},
-            entity_counts=row.entity_counts,
-            policy_version=POLICY_VERSION,
-            created_at=row.created_at,
-        )
+        masked = {"file_id": row.id, "filename": row.filename, "bytes": row.size_bytes}
+        event = audit_event(who, "file.uploaded", masked, row.entity_counts)
         with self.sessions.begin() as session:
             FileRepo(session).add(row)
             AuditRepo(session).add(event)

@@ -20,13 +20,12 @@ from jobs.errors import ConfigError, IndexBusyError, IndexExistsError, IndexNotF
 from jobs.index_records import IndexDocumentPage, IndexDocumentView, IndexView
 from jobs.index_specs import INDEX_NAME_PATTERN, IndexCreate
 from jobs.keys import Principal
-from jobs.pii import POLICY_VERSION
 from jobs.registry import ModelKind, ModelRegistry, resolve_source
-from jobs.service import JobService, Submitted
+from jobs.service import JobService, Submitted, audit_event
 from storage.artifacts import ArtifactStore
 from storage.index_repos import DocumentRepo, IndexRepo
 from storage.repos import AuditRepo
-from storage.tables import AuditEventRow, IndexRow
+from storage.tables import IndexRow
 
 SEARCH_PRIORITY = 9
 MAX_DOCUMENT_PAGE = 1000
@@ -75,14 +74,14 @@ class IndexService:
             with self.sessions.begin() as session:
                 IndexRepo(session).add(row)
                 session.flush()
-                AuditRepo(session).add(_audit(who, "index.created", body.model_dump()))
+                AuditRepo(session).add(audit_event(who, "index.created", body.model_dump()))
         except IntegrityError:
             raise IndexExistsError(f"an index named '{body.name}' exists already") from None
         return IndexView.from_row(row)
 
     def get(self, who: Principal, name: str) -> IndexView:
         with self.sessions() as session:
-            return IndexView.from_row(self.row(session, who.tenant_id, name))
+            return IndexView.from_row(get_index_row(session, who.tenant_id, name))
 
     def all(self, who: Principal) -> list[IndexView]:
         with self.sessions() as session:
@@ -92,13 +91,13 @@ class IndexService:
         """Drop the index, its documents, chunks and version files. Refused while an index
         job writes it (cancel the job first)."""
         with self.sessions.begin() as session:
-            row = self.row(session, who.tenant_id, name)
+            row = get_index_row(session, who.tenant_id, name)
             until = row.writer_until
             if row.writer_job_id is not None and until is not None and until > datetime.now(UTC):
                 raise IndexBusyError(f"index '{name}' is being written by job {row.writer_job_id}")
             prefix = index_prefix(row.tenant_id, row.id)
             IndexRepo(session).remove(row)
-            AuditRepo(session).add(_audit(who, "index.deleted", {"name": name}))
+            AuditRepo(session).add(audit_event(who, "index.deleted", {"name": name}))
         for key in self.artifacts.list(f"{prefix}/"):
             self.artifacts.delete(key)
 
@@ -107,7 +106,7 @@ class IndexService:
     ) -> IndexDocumentPage:
         limit = max(1, min(limit, MAX_DOCUMENT_PAGE))
         with self.sessions() as session:
-            row = self.row(session, who.tenant_id, name)
+            row = get_index_row(session, who.tenant_id, name)
             rows = DocumentRepo(session, row.id).page(limit, cursor)
         views = [IndexDocumentView.from_row(r) for r in rows]
         next_cursor = views[-1].doc_id if len(views) == limit else None
@@ -124,10 +123,6 @@ class IndexService:
     def search(self, who: Principal, name: str, spec: dict[str, Any]) -> Submitted:
         """Queue a search job on the fast path (its own queue and worker, top priority)."""
         return self.jobs.submit(who, "search", {**spec, "index": name}, priority=SEARCH_PRIORITY)
-
-    @staticmethod
-    def row(session: Session, tenant_id: str, name: str) -> IndexRow:
-        return get_index_row(session, tenant_id, name)
 
 
 def get_index_row(session: Session, tenant_id: str, name: str) -> IndexRow:
@@ -151,15 +146,3 @@ def embedding_dimensions(model_dir: Path) -> int:
             if isinstance(value, int) and value > 0:
                 return value
     raise ConfigError(f"cannot tell the embedding size of the model in {model_dir}")
-
-
-def _audit(who: Principal, action: str, masked: dict[str, Any]) -> AuditEventRow:
-    return AuditEventRow(
-        tenant_id=who.tenant_id,
-        actor=who.key_id,
-        action=action,
-        masked_input=masked,
-        entity_counts={},
-        policy_version=POLICY_VERSION,
-        created_at=datetime.now(UTC),
-    )

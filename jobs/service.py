@@ -189,7 +189,7 @@ class JobService:
                 values["finished_at"] = now
             if not JobRepo(session).update_where(job_id, statuses=[current.value], values=values):
                 raise SpecError("the job changed status while being cancelled; retry")
-            AuditRepo(session).add(self._audit(who, job_id, "job.cancel_requested", {}, {}))
+            AuditRepo(session).add(audit_event(who, "job.cancel_requested", {}, job_id=job_id))
         if target is JobStatus.CANCELLED:
             self.events.announce(job_id, target.value)
         else:
@@ -237,7 +237,8 @@ class JobService:
     def _commit_new(self, who: Principal, row: JobRow, counts: dict[str, int]) -> None:
         with self.sessions.begin() as session:
             JobRepo(session).insert(row)  # first: the audit event references it
-            AuditRepo(session).insert(self._audit(who, row.id, "job.submitted", row.spec, counts))
+            event = audit_event(who, "job.submitted", row.spec, counts, job_id=row.id)
+            AuditRepo(session).insert(event)
 
     def _dispatch(self, entry: KindEntry, row: JobRow) -> None:
         """Publish after commit. A failure leaves the job queued; publishing it again later
@@ -262,20 +263,25 @@ class JobService:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         return hmac.new(self.request_key, canonical, hashlib.sha256).hexdigest()
 
-    @staticmethod
-    def _audit(
-        who: Principal, job_id: str, action: str, masked: dict[str, Any], counts: dict[str, int]
-    ) -> AuditEventRow:
-        return AuditEventRow(
-            tenant_id=who.tenant_id,
-            job_id=job_id,
-            actor=who.key_id,
-            action=action,
-            masked_input=masked,
-            entity_counts=counts,
-            policy_version=POLICY_VERSION,
-            created_at=datetime.now(UTC),
-        )
+
+def audit_event(
+    who: Principal,
+    action: str,
+    masked: dict[str, Any],
+    counts: dict[str, int] | None = None,
+    job_id: str | None = None,
+) -> AuditEventRow:
+    """An audit event of `who` doing `action`, with the already-masked input."""
+    return AuditEventRow(
+        tenant_id=who.tenant_id,
+        job_id=job_id,
+        actor=who.key_id,
+        action=action,
+        masked_input=masked,
+        entity_counts=counts or {},
+        policy_version=POLICY_VERSION,
+        created_at=datetime.now(UTC),
+    )
 
 
 def mask_spec(

@@ -48,9 +48,6 @@ class IndexRepo:
         query = select(IndexRow).where(IndexRow.tenant_id == tenant_id, IndexRow.name == name)
         return self.session.scalar(query)
 
-    def get(self, index_id: str) -> IndexRow | None:
-        return self.session.get(IndexRow, index_id)
-
     def all(self, tenant_id: str) -> Sequence[IndexRow]:
         query = select(IndexRow).where(IndexRow.tenant_id == tenant_id).order_by(IndexRow.name)
         return self.session.scalars(query).all()
@@ -162,10 +159,6 @@ class DocumentRepo:
             )
             found += self.session.scalars(query).all()
         return found
-
-    def all_chunk_ids(self) -> list[int]:
-        query = select(ChunkRow.id).where(ChunkRow.index_id == self.index_id)
-        return list(self.session.scalars(query).all())
 
     def remove(self, document_ids: Collection[int]) -> None:
         ids = list(document_ids)

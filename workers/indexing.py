@@ -32,7 +32,13 @@ from pydantic import BaseModel
 from jobs.context import JobsContext
 from jobs.documents import PLAIN, Document
 from jobs.errors import JobCancelledError, RetryableError, UploadNotFoundError
-from jobs.index_specs import DocumentFailure, DocumentInput, IndexResult, IndexSpec
+from jobs.index_specs import (
+    DocumentFailure,
+    DocumentInput,
+    IndexProgress,
+    IndexResult,
+    IndexSpec,
+)
 from jobs.indexes import get_index_row, index_prefix
 from storage.index_repos import DocumentRepo, IndexRepo, NewChunk, NewDocument
 from storage.tables import IndexRow
@@ -352,12 +358,12 @@ class _Progress:
         fresh = np.flatnonzero(embedded & ~self.seen)
         self.seen[fresh] = True
         np.subtract.at(self.left, self.owners[fresh], 1)
-        return {
-            "documents_total": self.total,
-            "documents_done": self.settled + int((self.left == 0).sum()),
-            "chunks": len(self.owners),
-            "chunks_embedded": int(self.seen.sum()),
-        }
+        return IndexProgress(
+            documents_total=self.total,
+            documents_done=self.settled + int((self.left == 0).sum()),
+            chunks=len(self.owners),
+            chunks_embedded=int(self.seen.sum()),
+        ).model_dump()
 
 
 # ---------------------------------------------------------------- the new version

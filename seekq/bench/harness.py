@@ -206,13 +206,28 @@ def _await_peer(child: subprocess.Popen[bytes], log: Path, timeout_s: float = 12
 def generate_worker(stack: BenchStack, max_batch: int) -> Iterator[subprocess.Popen[bytes]]:
     """`seekq worker --queues gpu.generate` (the threads pool, `max_batch` slots, the
     continuous-batching engine, registered causal LMs preloaded), ready; stopped on exit."""
-    log_path = stack.log_dir / "generate-worker.log"
-    env = stack.env()
-    env.update(SEEKQ_GENERATE_MAX_BATCH=str(max_batch), SEEKQ_GENERATE_CONTINUOUS="true")
-    command = [sys.executable, "-m", "seekq", "worker", "--queues", GENERATE_QUEUE]
+    with seekq_worker(
+        stack,
+        GENERATE_QUEUE,
+        SEEKQ_GENERATE_MAX_BATCH=str(max_batch),
+        SEEKQ_GENERATE_CONTINUOUS="true",
+    ) as child:
+        yield child
+
+
+@contextmanager
+def seekq_worker(stack: BenchStack, queues: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`seekq worker --queues <queues>` with the stack's environment (plus `env`), ready
+    (its log says so); stopped on exit. Its log: `<log dir>/worker-<queues>.log`."""
+    log_path = stack.log_dir / f"worker-{queues}.log"
+    command = [sys.executable, "-m", "seekq", "worker", "--queues", queues]
     with log_path.open("ab") as log:
         child = subprocess.Popen(
-            command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
+            command,
+            env={**stack.env(), **env},
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         _await_log_line(child, log_path, READY_MESSAGE)
@@ -228,9 +243,9 @@ def _await_log_line(
     while line not in log.read_text(errors="replace"):
         if child.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"generate worker exited with {child.returncode}:\n{tail}")
+            raise RuntimeError(f"worker exited with {child.returncode}:\n{tail}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"generate worker not ready after {timeout_s:.0f}s; see {log}")
+            raise TimeoutError(f"worker not ready after {timeout_s:.0f}s; see {log}")
         time.sleep(0.2)
 
 

@@ -10,27 +10,16 @@
 """
 
 import random
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
 from jobs.index_specs import IndexCreate, SearchSpec
 from jobs.status import JobStatus
 from seekq.bench.embed_rows import VOCABULARY, in_process_model
-from seekq.bench.harness import (
-    PROJECT_ROOT,
-    BenchStack,
-    Harness,
-    Sizes,
-    _await_log_line,
-    stop_process,
-)
+from seekq.bench.harness import Harness, Sizes, seekq_worker
 from seekq.bench.queue_rows import percentiles
 from seekq.bench.report import Row
-from workers.app import READY_MESSAGE
 
 BLOCK = 10
 F3_TARGET_MS = 3.0
@@ -44,21 +33,6 @@ def document_rows(harness: Harness, sizes: Sizes) -> list[Row]:
         workers.enter_context(seekq_worker(harness.stack, "cpu.search"))
         ingest = i1_ingest(harness, DOCUMENTS if sizes.embed_rounds > 1 else DOCUMENTS // 4)
         return [ingest, f3_search(harness, QUERIES if sizes.embed_rounds > 1 else 30)]
-
-
-@contextmanager
-def seekq_worker(stack: BenchStack, queues: str) -> Iterator[subprocess.Popen[bytes]]:
-    log_path = stack.log_dir / f"worker-{queues}.log"
-    command = [sys.executable, "-m", "seekq", "worker", "--queues", queues]
-    with log_path.open("ab") as log:
-        child = subprocess.Popen(
-            command, env=stack.env(), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        _await_log_line(child, log_path, READY_MESSAGE)
-        yield child
-    finally:
-        stop_process(child)
 
 
 # ---------------------------------------------------------------- I1: ingest

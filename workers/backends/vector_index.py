@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.errors import PermanentError, SpecError
+from jobs.index_specs import PARAMS_BY_TYPE
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 Metric = Literal["ip", "l2"]
@@ -51,11 +52,6 @@ TRAIN_POINTS_PER_LIST = 39
 MAGIC = b"SEEKQVI1"
 FORMAT = 1
 HEADER_KEYS = frozenset({"format", "config", "trained", "faiss_bytes", "tombstones"})
-KIND_PARAMS: dict[str, frozenset[str]] = {
-    "flat": frozenset(),
-    "hnsw": frozenset({"m", "ef_construction", "ef_search"}),
-    "ivf": frozenset({"nlist", "nprobe"}),
-}
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -104,7 +100,7 @@ class VectorIndex:
     def create(
         cls, kind: IndexKind, dim: int, metric: Metric = "ip", **params: int
     ) -> "VectorIndex":
-        unknown = set(params) - KIND_PARAMS.get(kind, frozenset())
+        unknown = set(params) - PARAMS_BY_TYPE.get(kind, frozenset())
         if unknown:
             raise SpecError(f"parameters {sorted(unknown)} do not apply to a {kind} index")
         try:
@@ -141,7 +137,7 @@ class VectorIndex:
         """Change the query-time parameters (HNSW efSearch, IVF nprobe)."""
         pairs = (("ef_search", ef_search), ("nprobe", nprobe))
         update = {name: value for name, value in pairs if value is not None}
-        if not set(update) <= KIND_PARAMS[self.config.kind]:
+        if not set(update) <= PARAMS_BY_TYPE[self.config.kind]:
             raise SpecError(f"{sorted(update)} do not apply to a {self.config.kind} index")
         try:
             self.config = IndexConfig(**{**self.config.model_dump(), **update})
