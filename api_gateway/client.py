@@ -186,6 +186,54 @@ class SeekqClient:
             body["filter"] = filter
         return self._call("POST", f"/v1/indexes/{name}/search", json=body)
 
+    # Fine-tuning ---------------------------------------------------------
+
+    def create_fine_tune(
+        self,
+        model: str,
+        training_file: str,
+        *,
+        suffix: str | None = None,
+        validation_file: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A LoRA fine-tune of `model` (POST /v1/fine_tuning/jobs); `hyperparameters`
+        takes seekq's fields (n_epochs, max_steps, learning_rate, lora_r, ...)."""
+        body: dict[str, Any] = {"model": model, "training_file": training_file}
+        if suffix is not None:
+            body["suffix"] = suffix
+        if validation_file is not None:
+            body["validation_file"] = validation_file
+        if hyperparameters:
+            body["seekq"] = hyperparameters
+        return self._call("POST", "/v1/fine_tuning/jobs", json=body)
+
+    def get_fine_tune(self, fine_tuning_job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/fine_tuning/jobs/{fine_tuning_job_id}")
+
+    def list_fine_tunes(self, *, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        return self._call("GET", "/v1/fine_tuning/jobs", params=params)
+
+    def cancel_fine_tune(self, fine_tuning_job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel")
+
+    def fine_tune_events(
+        self, fine_tuning_job_id: str, *, after: str | None = None, limit: int = 20
+    ) -> dict[str, Any]:
+        """Newest first; `after` (an event id) continues with older ones."""
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        path = f"/v1/fine_tuning/jobs/{fine_tuning_job_id}/events"
+        return self._call("GET", path, params=params)
+
+    def list_models(self) -> dict[str, Any]:
+        """Registered models and this tenant's fine-tuned adapters."""
+        return self._call("GET", "/v1/models")
+
+    def delete_model(self, model: str) -> dict[str, Any]:
+        """Delete a fine-tuned adapter (`<base>:<name>`)."""
+        return self._call("DELETE", f"/v1/models/{model}")
+
     def close(self) -> None:
         self._http.close()
 

@@ -13,11 +13,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.documents import DocumentError
 from jobs.errors import (
+    AdapterExistsError,
     AuthError,
     BrokerUnavailableError,
     ConfigError,
     ConflictError,
     ContextLengthError,
+    DatasetError,
     IndexBusyError,
     IndexExistsError,
     IndexNotFoundError,
@@ -41,7 +43,8 @@ STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (JobCancelledError, 409, "job_cancelled"),  # the job behind a synchronous call
     (IdempotencyConflictError, 409, "idempotency_conflict"),
     (ContextLengthError, 400, "context_length_exceeded"),  # OpenAI's status and code
-    (DocumentError, 400, "invalid_document"),  # the code is the error's own (status_for)
+    (DocumentError, 400, "invalid_document"),
+    (DatasetError, 400, "invalid_training_file"),  # the code is the error's own (status_for)
     (SpecError, 422, "invalid_request"),
     (JobNotFoundError, 404, "not_found"),
     (ModelNotFoundError, 404, "model_not_found"),
@@ -49,6 +52,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (UploadNotFoundError, 404, "file_not_found"),
     (IndexExistsError, 409, "index_exists"),
     (IndexBusyError, 409, "index_busy"),
+    (AdapterExistsError, 409, "adapter_exists"),
     (ConflictError, 409, "conflict"),
     (InvalidTransitionError, 409, "invalid_state"),
     (AuthError, 401, "invalid_api_key"),

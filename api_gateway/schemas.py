@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from jobs.adapters import AdapterView
 from jobs.specs import (
     MAX_EMBED_INPUTS,
     MAX_MESSAGES,
@@ -273,7 +274,13 @@ class ModelCard(BaseModel):
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[ModelCard]
+    data: list[ModelCard | AdapterView]
+
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True
 
 
 class Health(BaseModel):

@@ -11,8 +11,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
+from jobs.adapters import register_adapter
 from jobs.errors import KindNotAvailableError, SpecError
+from jobs.finetune_specs import FineTuneResult, FineTuneSpec
 from jobs.index_specs import IndexResult, IndexSpec, SearchResult, SearchSpec
+from jobs.lifecycle import Effect
 from jobs.registry import ModelKind
 from jobs.specs import (
     EmbedResult,
@@ -47,6 +50,8 @@ class KindEntry:
     pii_fields: tuple[str, ...]
     # The kind of model the spec's `model` field must name (None: the kind takes no model).
     model_kind: ModelKind | None = None
+    # Rows written with the job's success, in the same transaction (a fine-tune's adapter).
+    on_success: Effect | None = None
 
     @property
     def task_name(self) -> str:
@@ -78,6 +83,18 @@ CATALOG: Mapping[JobKind, KindEntry] = {
     # Its own queue and worker: searches never wait behind embedding or indexing work.
     JobKind.SEARCH: KindEntry(
         JobKind.SEARCH, SearchSpec, SearchResult, "cpu.search", 60.0, ("query", "filter")
+    ),
+    # Hours on a GPU; the lease (renewed while it runs) and its checkpoints make it safe to
+    # outlive Redis's visibility timeout. Its adapter is registered with its success.
+    JobKind.FINETUNE: KindEntry(
+        JobKind.FINETUNE,
+        FineTuneSpec,
+        FineTuneResult,
+        "gpu.finetune",
+        24 * 3600.0,
+        ("metadata",),
+        ModelKind.CAUSAL_LM,
+        on_success=register_adapter,
     ),
     JobKind.PING: KindEntry(JobKind.PING, PingSpec, PingResult, "cpu.ping", 30.0, ("payload",)),
 }

@@ -9,13 +9,16 @@ from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.adapters import AdapterService
 from jobs.files import FileService
+from jobs.finetunes import FineTuneService
 from jobs.indexes import IndexService
 from jobs.keys import KeyStore
 from jobs.lifecycle import Lifecycle
 from jobs.notify import JobEvents
 from jobs.pii import PiiMasker
 from jobs.queue import CeleryPublisher, make_celery
+from jobs.reconciler import Reconciler
 from jobs.registry import ModelRegistry
 from jobs.service import JobService
 from jobs.settings import JobsSettings, derive_key, get_jobs_settings, load_secret_key
@@ -38,6 +41,8 @@ class JobsContext:
     artifacts: ArtifactStore
     files: FileService
     indexes: IndexService
+    finetunes: FineTuneService
+    adapters: AdapterService
 
     @classmethod
     def create(
@@ -66,8 +71,16 @@ class JobsContext:
         )
         keys = KeyStore(sessions, derive_key(secret, "api-key"))
         artifacts = LocalArtifactStore.from_settings(storage)
-        files = FileService(sessions, artifacts, masker, settings.max_file_bytes)
+        files = FileService(
+            sessions,
+            artifacts,
+            masker,
+            settings.max_file_bytes,
+            (settings.finetune_min_examples, settings.finetune_max_examples),
+        )
         indexes = IndexService(sessions, models, service, artifacts)
+        finetunes = FineTuneService(sessions, service, files, models)
+        adapters = AdapterService(sessions, artifacts)
         return cls(
             settings=settings,
             engine=engine,
@@ -81,11 +94,17 @@ class JobsContext:
             artifacts=artifacts,
             files=files,
             indexes=indexes,
+            finetunes=finetunes,
+            adapters=adapters,
         )
 
     def lifecycle(self, worker: str | None = None) -> Lifecycle:
         name = worker or f"{socket.gethostname()}:{os.getpid()}"
         return Lifecycle(self.sessions, self.events, self.settings.lease_s, name)
+
+    def reconciler(self) -> Reconciler:
+        publisher = CeleryPublisher(self.celery)
+        return Reconciler(self.sessions, publisher, self.events, self.settings.max_attempts)
 
     def close(self) -> None:
         self.redis.close()

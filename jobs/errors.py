@@ -4,13 +4,15 @@
     ├── PermanentError            retrying cannot help; the job (or request) fails
     │   ├── SpecError             a spec or request is malformed or out of bounds
     │   │   ├── KindNotAvailableError   a known kind with no runner in this release
-    │   │   └── ContextLengthError      prompt + max_new_tokens exceed the model's context
+    │   │   ├── ContextLengthError      prompt + max_new_tokens exceed the model's context
+    │   │   └── DatasetError            a fine-tune dataset has invalid lines (line numbers)
     │   ├── JobNotFoundError      no such job for this tenant
     │   ├── IndexNotFoundError    no such index for this tenant
     │   ├── UploadNotFoundError   no such uploaded file for this tenant
     │   ├── ConflictError         the request clashes with the resource's state
     │   │   ├── IndexExistsError  an index of that name exists already
-    │   │   └── IndexBusyError    an index job is writing the index
+    │   │   ├── IndexBusyError    an index job is writing the index
+    │   │   └── AdapterExistsError  an adapter (or a fine-tune making it) has that name
     │   ├── InvalidTransitionError  a status change the state machine forbids
     │   ├── ModelNotFoundError    the model is not in the registry / not loaded here
     │   ├── AuthError             missing, malformed, unknown or revoked API key
@@ -64,6 +66,20 @@ class UploadNotFoundError(PermanentError):
     """No uploaded file with this id exists for this tenant."""
 
 
+class DatasetError(SpecError):
+    """A fine-tune dataset is not usable: `lines` holds (line number, problem) pairs; the
+    message lists the first few. Problems name fields, never the line's content."""
+
+    MAX_SHOWN = 20
+
+    def __init__(self, what: str, lines: list[tuple[int, str]] | None = None) -> None:
+        self.lines = lines or []
+        shown = "; ".join(f"line {n}: {problem}" for n, problem in self.lines[: self.MAX_SHOWN])
+        more = len(self.lines) - self.MAX_SHOWN
+        tail = f" (and {more} more)" if more > 0 else ""
+        super().__init__(f"{what}: {shown}{tail}" if shown else what)
+
+
 class ConflictError(PermanentError):
     """The request clashes with the current state of the resource."""
 
@@ -74,6 +90,10 @@ class IndexExistsError(ConflictError):
 
 class IndexBusyError(ConflictError):
     """An index job holds the index's writer lease."""
+
+
+class AdapterExistsError(ConflictError):
+    """An adapter of that name exists for the base model, or a fine-tune is making one."""
 
 
 class InvalidTransitionError(PermanentError):

@@ -11,14 +11,16 @@ import json
 import re
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.datasets import decode_examples, encode_examples, parse_dataset
 from jobs.documents import BadLineError, Document, DocumentError, extract, mask_document, safe_name
-from jobs.errors import SpecError, UploadNotFoundError
+from jobs.errors import DatasetError, SpecError, UploadNotFoundError
 from jobs.index_records import FilePage, FileView
 from jobs.index_specs import FILE_ID_PATTERN
 from jobs.keys import Principal
@@ -29,9 +31,11 @@ from storage.index_repos import FileRepo
 from storage.repos import AuditRepo
 from storage.tables import FileRow
 
-# OpenAI's purposes that mean "documents to search"; batch and fine-tune files are other
-# issues' work and are refused with a clear message until then.
+# OpenAI's purposes that mean "documents to search"; "fine-tune" files are training
+# datasets (jobs.datasets); batch files are other issues' work and are refused until then.
 DOCUMENT_PURPOSES = frozenset({"assistants", "user_data", "index"})
+FINE_TUNE = "fine-tune"
+PURPOSES = DOCUMENT_PURPOSES | {FINE_TUNE}
 MAX_DETAIL_ERRORS = 5
 
 
@@ -46,6 +50,13 @@ class StoredDocument:
     id_suffix: str | None
 
 
+@dataclass(frozen=True)
+class FineTuneFile:
+    file_id: str
+    examples: list[dict[str, Any]]  # masked, each with its "line"
+    sha256: str  # of the stored (masked) examples
+
+
 class FileService:
     def __init__(
         self,
@@ -53,19 +64,23 @@ class FileService:
         artifacts: ArtifactStore,
         masker: PiiMasker,
         max_file_bytes: int,
+        dataset_limits: tuple[int, int] = (10, 50_000),
     ) -> None:
         self.sessions = sessions
         self.artifacts = artifacts
         self.masker = masker
         self.max_file_bytes = max_file_bytes
+        self.dataset_limits = dataset_limits  # (min, max) examples of a fine-tune file
 
     def upload(self, who: Principal, filename: str, data: bytes, purpose: str) -> FileView:
-        if purpose not in DOCUMENT_PURPOSES:
-            known = ", ".join(sorted(DOCUMENT_PURPOSES))
-            raise SpecError(f"purpose: this server takes document files only ({known})")
+        if purpose not in PURPOSES:
+            known = ", ".join(sorted(PURPOSES))
+            raise SpecError(f"purpose: expected one of {known}")
         name = safe_name(filename)
         masked = self.masker.mask(name)
         masked_name = masked.text
+        if purpose == FINE_TUNE:
+            return self._upload_dataset(who, masked_name, masked.counts, data)
         try:
             extraction = extract(name, data, max_bytes=self.max_file_bytes)
         except DocumentError as error:
@@ -91,6 +106,34 @@ class FileService:
         self._commit(who, row)
         return FileView.from_row(row)
 
+    def _upload_dataset(
+        self, who: Principal, masked_name: str, name_counts: dict[str, int], data: bytes
+    ) -> FileView:
+        """A training file: every line checked (400 naming each bad line), then masked."""
+        if len(data) > self.max_file_bytes:
+            raise DatasetError(f"training file is larger than {self.max_file_bytes} bytes")
+        low, high = self.dataset_limits
+        dataset = parse_dataset(data, self.masker, min_examples=low, max_examples=high)
+        file_id = f"file-{uuid.uuid4().hex}"
+        info = self.artifacts.put(_key(who.tenant_id, file_id), encode_examples(dataset.examples))
+        counts = Counter(name_counts) + Counter(dataset.entity_counts)
+        row = FileRow(
+            id=file_id,
+            tenant_id=who.tenant_id,
+            filename=masked_name,
+            purpose=FINE_TUNE,
+            size_bytes=len(data),
+            media_type="application/jsonl",
+            sha256=info.sha256,
+            artifact_key=info.key,
+            documents=len(dataset.examples),
+            status_details=None,
+            entity_counts=dict(counts),
+            created_at=datetime.now(UTC),
+        )
+        self._commit(who, row)
+        return FileView.from_row(row)
+
     def _masked(
         self, document: Document, name: str, masked_name: str, counts: Counter[str]
     ) -> StoredDocument:
@@ -101,7 +144,14 @@ class FileService:
         return StoredDocument(replace(masked, doc_id=doc_id, source_name=masked_name), suffix)
 
     def _commit(self, who: Principal, row: FileRow) -> None:
-        masked = {"file_id": row.id, "filename": row.filename, "bytes": row.size_bytes}
+        masked = {
+            "file_id": row.id,
+            "filename": row.filename,
+            "purpose": row.purpose,
+            "bytes": row.size_bytes,
+            "sha256": row.sha256,  # of the masked content
+            "records": row.documents,
+        }
         event = audit_event(who, "file.uploaded", masked, row.entity_counts)
         with self.sessions.begin() as session:
             FileRepo(session).add(row)
@@ -127,12 +177,26 @@ class FileService:
 
     def documents(self, tenant_id: str, file_id: str) -> list[StoredDocument]:
         """The masked documents of a tenant's file (for index jobs)."""
+        return _decode(self._content(tenant_id, file_id, DOCUMENT_PURPOSES))
+
+    def examples(self, tenant_id: str, file_id: str) -> "FineTuneFile":
+        """The masked examples of a tenant's fine-tune file, with its content hash."""
         with self.sessions() as session:
-            key = self._row(session, tenant_id, file_id).artifact_key
+            sha256 = self._row(session, tenant_id, file_id).sha256
+        examples = decode_examples(self._content(tenant_id, file_id, {FINE_TUNE}))
+        return FineTuneFile(file_id, examples, sha256)
+
+    def _content(self, tenant_id: str, file_id: str, purposes: Collection[str]) -> bytes:
+        with self.sessions() as session:
+            row = self._row(session, tenant_id, file_id)
+            key, purpose = row.artifact_key, row.purpose
+        if purpose not in purposes:
+            wanted = "a fine-tune dataset" if FINE_TUNE in purposes else "a document file"
+            raise SpecError(f"{file_id} is a '{purpose}' file, not {wanted}")
         try:
-            return _decode(self.artifacts.get(key))
+            return self.artifacts.get(key)
         except ArtifactNotFoundError:
-            raise UploadNotFoundError(f"{file_id}: the file's stored documents are gone") from None
+            raise UploadNotFoundError(f"{file_id}: the file's stored content is gone") from None
 
     @staticmethod
     def _row(session: Session, tenant_id: str, file_id: str) -> FileRow:

@@ -9,7 +9,8 @@ from storage.tables import FileRow, IndexDocumentRow, IndexRow
 
 
 class FileView(BaseModel):
-    """OpenAI's file object, plus how many documents seekq read from the file."""
+    """OpenAI's file object, plus how many documents (or, for a fine-tune file, training
+    examples) seekq read from the file."""
 
     id: str
     object: Literal["file"] = "file"

@@ -6,11 +6,12 @@ overwrite a newer one. A job that is already terminal is left alone, which makes
 redelivered message a no-op.
 """
 
+import functools
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +36,12 @@ class Claim:
     tenant_id: str
     attempt: int
     spec: dict[str, Any]
+
+
+class Effect(Protocol):
+    """Rows a job's success writes with it, in the same transaction (a fine-tune's adapter)."""
+
+    def __call__(self, session: Session, *, claim: Claim, result: dict[str, Any]) -> None: ...
 
 
 class LeaseHeldError(RetryableError):
@@ -124,10 +131,16 @@ class Lifecycle:
             state = JobRepo(session).find_state(claim.job_id)
         return state == (JobStatus.RUNNING.value, claim.attempt)
 
-    def succeed(self, claim: Claim, result: dict[str, Any]) -> JobStatus | None:
-        """Store the result; a job whose cancel was requested ends cancelled (result kept)."""
+    def succeed(
+        self, claim: Claim, result: dict[str, Any], effect: Effect | None = None
+    ) -> JobStatus | None:
+        """Store the result; a job whose cancel was requested ends cancelled (result kept).
+        `effect` runs in the same transaction as the succeeded write, and only when that
+        write matched (this attempt still ran the job): its rows exist exactly when the job
+        succeeded. When it raises, nothing is written and the error propagates."""
         values = {"result": result, "error_type": None, "error_message": None}
-        if self._end(claim.job_id, claim.attempt, JobStatus.SUCCEEDED, values):
+        done = functools.partial(effect, claim=claim, result=result) if effect else None
+        if self._end(claim.job_id, claim.attempt, JobStatus.SUCCEEDED, values, done):
             return JobStatus.SUCCEEDED
         if self._end(claim.job_id, claim.attempt, JobStatus.CANCELLED, values):
             return JobStatus.CANCELLED
@@ -194,6 +207,18 @@ class Lifecycle:
         except RedisError as exc:
             log.warning("job notices not sent jobs=%d error=%s", len(notices), type(exc).__name__)
 
+    def progress_of(self, job_id: str) -> dict[str, Any] | None:
+        with self.sessions() as session:
+            row = JobRepo(session).find(job_id)
+            return dict(row.progress) if row is not None and row.progress else None
+
+    def report(self, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+        """Store a running job's progress; False when `attempt` no longer runs it."""
+        with self.sessions.begin() as session:
+            return JobRepo(session).update_where(
+                job_id, statuses=LIVE, attempt=attempt, values={"progress": progress}
+            )
+
     def fail(self, claim: Claim, error_type: str, message: str) -> bool:
         values = {"error_type": error_type[:64], "error_message": message[:2000]}
         return self._end(claim.job_id, claim.attempt, JobStatus.FAILED, values)
@@ -214,7 +239,14 @@ class Lifecycle:
                 values={"status": JobStatus.QUEUED.value, "lease_expires_at": None},
             )
 
-    def _end(self, job_id: str, attempt: int, status: JobStatus, values: dict[str, Any]) -> bool:
+    def _end(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        values: dict[str, Any],
+        effect: Callable[[Session], None] | None = None,
+    ) -> bool:
         """A terminal write from whichever live status allows it, then a notice."""
         sources = [s for s in LIVE if status in ALLOWED[JobStatus(s)]]
         if status is JobStatus.SUCCEEDED:
@@ -225,6 +257,8 @@ class Lifecycle:
             ended = JobRepo(session).update_where(
                 job_id, statuses=sources, attempt=attempt, values=final
             )
+            if ended and effect is not None:
+                effect(session)
         if ended:
             self.events.announce(job_id, status.value)
         return ended

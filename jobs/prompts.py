@@ -56,10 +56,17 @@ class PromptFormat:
         if self.chat_template is None:
             raise SpecError(f"messages: model '{spec.model}' has no chat template; send a prompt")
         messages = [{"role": m.role, "content": m.content} for m in spec.messages or []]
+        return self.render_messages(messages, add_generation_prompt=True)
+
+    def render_messages(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        if self.chat_template is None:
+            raise SpecError("messages: the model has no chat template")
         try:
             template = _ENVIRONMENT.from_string(self.chat_template)
             return template.render(
-                messages=messages, add_generation_prompt=True, **self.special_tokens
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                **self.special_tokens,
             )
         except TemplateError as exc:
             raise SpecError(f"messages: the model's chat template refused them ({exc})") from None

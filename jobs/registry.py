@@ -182,6 +182,12 @@ def register(path: Path, item: ModelFileEntry) -> None:
     temporary.replace(path)
 
 
+def split_model(name: str) -> tuple[str, str | None]:
+    """`base:adapter` as (base, adapter); a plain model name as (name, None)."""
+    base, _, adapter = name.partition(":")
+    return base, adapter or None
+
+
 PACKAGE_PREFIX = "package:"
 
 

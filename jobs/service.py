@@ -13,7 +13,7 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.catalog import KindEntry, get_entry, parse_spec
-from jobs.errors import IndexNotFoundError, JobNotFoundError, SpecError
+from jobs.catalog import JobKind, KindEntry, get_entry, parse_spec
+from jobs.errors import IndexNotFoundError, JobNotFoundError, ModelNotFoundError, SpecError
 from jobs.index_specs import IndexSpec, SearchSpec
 from jobs.keys import Principal
 from jobs.notify import JobEvents
@@ -31,9 +31,10 @@ from jobs.pii import POLICY_VERSION, PiiMasker
 from jobs.prompts import PromptFormats
 from jobs.queue import Publisher
 from jobs.records import AuditPage, AuditView, JobPage, JobView
-from jobs.registry import ModelRegistry
+from jobs.registry import ModelRegistry, split_model
 from jobs.specs import MAX_NEW_TOKENS, GenerateSpec
 from jobs.status import JobStatus, check_transition, is_terminal
+from storage.finetune_repos import AdapterRepo
 from storage.index_repos import IndexRepo
 from storage.repos import AuditRepo, JobPageQuery, JobRepo
 from storage.tables import AuditEventRow, JobRow
@@ -73,6 +74,9 @@ class JobService:
         self.models = models
         self.max_new_tokens = max_new_tokens
         self.prompts = PromptFormats()
+        # Kind-specific checks before a job is queued (a fine-tune's dataset), added by
+        # the services that own them: (who, parsed spec) -> None, raising to refuse.
+        self.checks: dict[JobKind, Callable[[Principal, BaseModel], None]] = {}
 
     def submit(
         self,
@@ -86,7 +90,7 @@ class JobService:
         entry = get_entry(kind)
         parsed = parse_spec(entry, spec)
         if entry.model_kind is not None:
-            self.models.get(str(getattr(parsed, "model", "")), entry.model_kind)
+            self._check_model(who, entry, str(getattr(parsed, "model", "")))
         _check_priority(priority)
         request_hash = self._request_hash(entry, parsed, priority)
         if idempotency_key is not None:
@@ -99,6 +103,8 @@ class JobService:
             self._check_generate(GenerateSpec.from_stored(row.spec))
         elif isinstance(parsed, IndexSpec | SearchSpec):
             self._check_index(who, parsed.index)
+        if entry.kind in self.checks:
+            self.checks[entry.kind](who, parsed)
         try:
             self._commit_new(who, row, counts)
         except IntegrityError:
@@ -121,7 +127,22 @@ class JobService:
             if found:
                 kinds = ", ".join(sorted(found))
                 raise SpecError(f"{field}: must not hold personal data (found {kinds})")
-        self.prompts.get(self.models.get(masked.model)).check_fits(masked)
+        base, _ = split_model(masked.model)
+        self.prompts.get(self.models.get(base)).check_fits(masked)
+
+    def _check_model(self, who: Principal, entry: KindEntry, name: str) -> None:
+        """The base model exists and is of the kind's model kind; `base:adapter` names a
+        fine-tuned adapter of this tenant (generate jobs only)."""
+        base, adapter = split_model(name)
+        assert entry.model_kind is not None
+        self.models.get(base, entry.model_kind)
+        if adapter is None:
+            return
+        if entry.kind is not JobKind.GENERATE:
+            raise SpecError(f"model: {entry.kind.value} jobs take a base model, not an adapter")
+        with self.sessions() as session:
+            if AdapterRepo(session).find(who.tenant_id, base, adapter) is None:
+                raise ModelNotFoundError(f"no fine-tuned model named '{name}'")
 
     def _check_index(self, who: Principal, name: str) -> None:
         with self.sessions() as session:

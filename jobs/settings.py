@@ -29,12 +29,18 @@ class JobsSettings(BaseSettings):
     visibility_timeout_s: int = Field(default=3600, ge=1)
     lease_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
+    # Workers re-publish jobs whose lease ran out (their worker died) this often (seconds);
+    # 0 turns the sweep off in that process.
+    reconcile_every_s: float = Field(default=10.0, ge=0, le=3600)
     # The models file (JSON); unset: <data dir>/models.json.
     models_file: Path | None = None
     # The largest max_new_tokens a generate job may ask for on this server.
     max_new_tokens: int = Field(default=1024, ge=1, le=MAX_NEW_TOKENS)
     # The largest document file an upload (POST /v1/files, seekq ingest) may be.
     max_file_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024**3)
+    # Fine-tune datasets: at least this many examples (OpenAI's minimum), at most that many.
+    finetune_min_examples: int = Field(default=10, ge=1, le=100_000)
+    finetune_max_examples: int = Field(default=50_000, ge=1, le=10_000_000)
     # Index jobs embed through sub-jobs on the embed queue of about this many tokens each.
     index_embed_batch_tokens: int = Field(default=8192, ge=256, le=1_000_000)
     # Models allowed to run code shipped with them (trust_remote_code). Empty by default.

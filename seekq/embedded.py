@@ -29,7 +29,8 @@ class EmbeddedStack:
     # embed jobs that arrive together into one forward pass), the model-free ping canary
     # on its own solo worker, generation on the threads pool feeding the batching engine,
     # index jobs (which wait for the embed worker: never in the same single-slot worker),
-    # and searches on their own warm worker (the fast path).
+    # searches on their own warm worker (the fast path), and fine-tunes on theirs (hours of
+    # training must not hold up any other queue).
     workers: dict[str, str] = field(
         default_factory=lambda: {
             "worker": "gpu.embed",
@@ -37,6 +38,7 @@ class EmbeddedStack:
             "worker-generate": "gpu.generate",
             "worker-index": "cpu.index",
             "worker-search": "cpu.search",
+            "worker-finetune": "gpu.finetune",
         }
     )
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)

@@ -134,6 +134,18 @@ class JobRepo:
         order = (JobRow.created_at.desc(), JobRow.id.desc())
         return self.session.scalars(query.order_by(*order).limit(q.limit)).all()
 
+    def expired_leases(
+        self, statuses: Collection[str], now: datetime, limit: int
+    ) -> list[tuple[str, str, int]]:
+        """(id, kind, attempt) of jobs in `statuses` whose lease ran out before `now`."""
+        query = (
+            select(JobRow.id, JobRow.kind, JobRow.attempt)
+            .where(JobRow.status.in_(statuses), JobRow.lease_expires_at < now)
+            .order_by(JobRow.lease_expires_at)
+            .limit(limit)
+        )
+        return [(r.id, r.kind, r.attempt) for r in self.session.execute(query)]
+
     def find_state(self, job_id: str, tenant_id: str | None = None) -> tuple[str, int] | None:
         """(status, attempt) without loading the spec or the result."""
         query = select(JobRow.status, JobRow.attempt).where(JobRow.id == job_id)

@@ -1,5 +1,5 @@
 """SQLAlchemy 2.0 typed tables: tenants, API keys, jobs, audit events, uploaded files,
-vector indexes with their documents and chunks."""
+vector indexes with their documents and chunks, LoRA adapters and fine-tune events."""
 
 from datetime import UTC, datetime
 from typing import Any
@@ -205,3 +205,45 @@ class ChunkRow(Base):
     page: Mapped[int | None] = mapped_column(Integer, default=None)
     heading: Mapped[str | None] = mapped_column(String(512), default=None)
     token_count: Mapped[int] = mapped_column(Integer)
+
+
+class AdapterRow(Base):
+    """A LoRA adapter made by a fine-tune job: a PEFT directory in the artifact store
+    (`artifact_prefix`/adapter_config.json and adapter_model.safetensors), served as the
+    model `<base_model>:<name>` to its tenant only."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "base_model", "name", name="uq_adapters_tenant_name"),
+    )
+
+    id: Mapped[str] = mapped_column(String(34), primary_key=True)  # a_<32 hex>: the PEFT name
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    base_model: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    job_id: Mapped[str] = mapped_column(String(36), unique=True)
+    training_file: Mapped[str] = mapped_column(String(40))
+    dataset_sha256: Mapped[str] = mapped_column(String(64))  # of the masked training set
+    hyperparameters: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any]]
+    artifact_prefix: Mapped[str] = mapped_column(String(512))
+    files: Mapped[dict[str, Any]]  # file name -> {"size": bytes, "sha256": hex}
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FineTuneEventRow(Base):
+    """What a fine-tune job reported: messages and per-step metrics (step, loss, lr,
+    eval_loss), served as OpenAI fine-tuning job events."""
+
+    __tablename__ = "fine_tune_events"
+    __table_args__ = (Index("ix_fine_tune_events_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    level: Mapped[str] = mapped_column(String(8))  # info | warn | error
+    type: Mapped[str] = mapped_column(String(8))  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -23,6 +23,7 @@ from jobs.context import JobsContext
 from jobs.errors import RetryableError
 from jobs.lifecycle import LeaseHeldError
 from jobs.queue import make_celery
+from jobs.reconciler import ReconcilerThread
 from jobs.settings import get_jobs_settings
 from jobs.streams import TokenStreams
 from workers.cancel import CancelWatch
@@ -53,6 +54,7 @@ class WorkerState:
         self.leases = LeaseKeeper()
         self.metrics: GenerationMetrics | None = None
         self.embeds: EmbedCollector | None = None  # built by the first embed task
+        self.reconciler: ReconcilerThread | None = None
         self._embeds_lock = threading.Lock()
 
     def start(self, **_: Any) -> None:
@@ -76,6 +78,12 @@ class WorkerState:
             context=self.context,
         )
         self.pool.preload()
+        every_s = self.context.settings.reconcile_every_s
+        if every_s > 0:
+            self.reconciler = ReconcilerThread(
+                self.context.reconciler(), self.context.redis, every_s
+            )
+            self.reconciler.start()
 
     def start_threads_pool(self, sender: Any = None, **_: Any) -> None:
         pool_cls = getattr(sender, "pool_cls", None)
@@ -84,6 +92,8 @@ class WorkerState:
             self.start()
 
     def stop(self, **_: Any) -> None:
+        if self.reconciler is not None:
+            self.reconciler.close()
         if self.embeds is not None:
             self.embeds.close()
         if self.pool is not None:

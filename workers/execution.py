@@ -148,7 +148,10 @@ def execute(
             log.exception("job crashed job_id=%s", job_id)
             return Outcome(job_id, record_failure(lifecycle, claim, exc))
     run_s = time.perf_counter() - started
-    status = lifecycle.succeed(claim, result.model_dump(mode="json"))
+    try:
+        status = lifecycle.succeed(claim, result.model_dump(mode="json"), entry.on_success)
+    except PermanentError as exc:  # its success effect refused (an adapter name taken)
+        return Outcome(job_id, record_failure(lifecycle, claim, exc))
     outcome = status.value if status else "stale"
     log.info("job finished job_id=%s status=%s run_s=%.3f", job_id, outcome, run_s)
     return Outcome(job_id, status)

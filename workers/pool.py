@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 from jobs.errors import ConfigError
 from jobs.registry import ModelEntry, ModelKind, ModelRegistry, resolve_source
 from jobs.streams import StreamEntry
+from storage.settings import get_storage_settings
 from workers.backends import Embedder, embedder_loader
 from workers.engine import EngineMetrics
 from workers.settings import WorkerSettings
@@ -21,6 +22,7 @@ from workers.settings import WorkerSettings
 if TYPE_CHECKING:
     from jobs.chunking import Chunker
     from jobs.context import JobsContext
+    from workers.adapters import AdapterRef
     from workers.backends.causal_lm import CausalLM
     from workers.backends.vector_index import VectorIndex
 
@@ -85,6 +87,17 @@ class ModelPool:
                 entry = self.registry.get(name, ModelKind.CAUSAL_LM)
                 lm = self._causal_lms[name] = self._timed(entry, self._load_causal_lm)
             return lm
+
+    def adapter(self, tenant_id: str, model: str) -> "AdapterRef":
+        """The tenant's fine-tuned adapter `model` (`<base>:<name>`) as a local PEFT
+        directory, fetched once from the artifact store (sha256-checked)."""
+        from workers.adapters import AdapterRef
+
+        if self.context is None:
+            raise ConfigError("adapters need the worker's job context")
+        row = self.context.adapters.get(tenant_id, model)
+        cache = get_storage_settings().data_dir / "cache" / "adapters"
+        return AdapterRef(key=row.id, path=self.context.adapters.local_copy(row, cache))
 
     def chunker(self, model: str, max_tokens: int, overlap_tokens: int) -> "Chunker":
         """A chunker counting in `model`'s tokenizer (no model weights are loaded)."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from jobs.catalog import CATALOG, JobKind
 from jobs.errors import JobCancelledError
 from jobs.prompts import check_context
+from jobs.registry import split_model
 from jobs.specs import (
     EmbedResult,
     EmbedSpec,
@@ -55,12 +56,16 @@ def run_embed(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
 def run_generate(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
     """Hand the request to the model's batching engine and wait for it to finish."""
     assert isinstance(spec, GenerateSpec)
-    lm = pool.causal_lm(spec.model)
+    base, adapter = split_model(spec.model)
+    lm = pool.causal_lm(base)
     prompt_ids = lm.encode(spec)
     check_context(len(prompt_ids), spec.max_new_tokens, lm.context_length)
+    # A fine-tuned model: this tenant's adapter, loaded onto the base by the engine.
+    ref = pool.adapter(job.tenant_id, spec.model) if adapter is not None else None
     if spec.stream and job.attempt > 1 and pool.streams is not None:
         pool.streams([StreamEntry(job.job_id, restart=job.attempt)])
-    request = Request(job.job_id, prompt_ids, sampling_params(spec), spec.stream, job.should_stop)
+    params = sampling_params(spec)
+    request = Request(job.job_id, prompt_ids, params, spec.stream, job.should_stop, adapter=ref)
     result = generate_result(spec.model, lm.engine.submit(request).result())
     if result.finish_reason == "cancelled":
         raise JobCancelledError("cancelled while generating", result.model_dump(mode="json"))
@@ -114,11 +119,18 @@ def run_search(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
     return run(spec, pool, job)
 
 
+def run_finetune(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
+    from workers.finetuning import run_finetune as run
+
+    return run(spec, pool, job)
+
+
 RUNNERS: Mapping[JobKind, Runner] = {
     JobKind.EMBED: run_embed,
     JobKind.GENERATE: run_generate,
     JobKind.INDEX: run_index,
     JobKind.SEARCH: run_search,
+    JobKind.FINETUNE: run_finetune,
     JobKind.PING: run_ping,
 }
 

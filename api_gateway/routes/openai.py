@@ -27,6 +27,7 @@ from api_gateway.schemas import (
     EmbeddingsResponse,
     GenerationOptions,
     ModelCard,
+    ModelDeleted,
     ModelList,
     Usage,
 )
@@ -40,11 +41,12 @@ from api_gateway.streaming import (
     usage_of,
 )
 from api_gateway.waiting import wait_for_job
+from jobs.adapters import AdapterView
 from jobs.catalog import JobKind
 from jobs.errors import JobFailedError, JobTimeoutError, SpecError
 from jobs.keys import Principal
 from jobs.records import JobView
-from jobs.registry import ModelEntry
+from jobs.registry import ModelEntry, split_model
 from jobs.service import JobService
 from jobs.specs import EmbedResult, GenerateResult, decode_vector
 from jobs.status import JobStatus
@@ -189,13 +191,26 @@ def _usage(result: GenerateResult) -> CompletionUsage:
 
 
 @router.get("/models", response_model=ModelList)
-def list_models(context: ContextDep, _: PrincipalDep) -> ModelList:
-    return ModelList(data=[_card(entry) for entry in context.models.all()])
+def list_models(context: ContextDep, who: PrincipalDep) -> ModelList:
+    """The registered models, then this tenant's fine-tuned adapters (`<base>:<name>`)."""
+    cards: list[ModelCard | AdapterView] = [_card(e) for e in context.models.all()]
+    return ModelList(data=cards + list(context.adapters.all(who)))
 
 
-@router.get("/models/{model_id}", response_model=ModelCard)
-def get_model(model_id: str, context: ContextDep, _: PrincipalDep) -> ModelCard:
+@router.get("/models/{model_id}", response_model=ModelCard | AdapterView)
+def get_model(model_id: str, context: ContextDep, who: PrincipalDep) -> ModelCard | AdapterView:
+    if split_model(model_id)[1] is not None:
+        return AdapterView.from_row(context.adapters.get(who.tenant_id, model_id), who.tenant_name)
     return _card(context.models.get(model_id))
+
+
+@router.delete("/models/{model_id}", response_model=ModelDeleted)
+def delete_model(model_id: str, context: ContextDep, who: PrincipalDep) -> ModelDeleted:
+    """Delete a fine-tuned adapter of this tenant (base models are the operator's)."""
+    if split_model(model_id)[1] is None:
+        raise SpecError("only fine-tuned models (<base>:<name>) can be deleted")
+    context.adapters.delete(who, model_id)
+    return ModelDeleted(id=model_id)
 
 
 def _card(entry: ModelEntry) -> ModelCard:
