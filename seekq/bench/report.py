@@ -154,6 +154,25 @@ different random streams, so every figure counts the tokens each side really pro
   result write, notice and read-back ~1.5-2 ms. On 2 cores every cross-process hop waits
   behind the forward pass's two torch threads; `OMP_WAIT_POLICY=PASSIVE` or one torch
   thread in the search worker made the total no better (measured).
+- **L1**: in the bench process, no queue. The tiny MoE (the G rows' model, made again in a
+  temporary dir) twice: once as `workers.training.lora_model` builds it for `train_lora`
+  (seekq's default LoRA: the attention projections `q_a_proj`, `q_b_proj`,
+  `kv_a_proj_with_mqa`, `kv_b_proj`, `o_proj`; r 8, alpha 16, dropout 0.05), once with
+  every parameter trainable. Both run the same plain loop (forward, backward,
+  `torch.optim.AdamW` at lr 2e-4 over the trainable parameters, zero_grad; no Trainer on
+  either side) on the same 8 fixed batches of 8 prompt/completion examples (seeded
+  synthetic sentences, encoded as `train_lora` encodes them, loss on the completion,
+  right-padded), cycled: 3 untimed steps each, then alternating rounds of 60 (`--quick`:
+  20) steps, best of 3 (1); the clock is read between forward, backward and the AdamW
+  step. **L1-params**: trainable ÷ all parameters of the LoRA model; **L1-params-r**
+  the largest rank within 1% (LoRA adds r x (in + out) per targeted Linear).
+  **L1-mem**: one more step on the first batch. On CUDA
+  `torch.cuda.max_memory_allocated`; on the CPU, which has no allocator peak, an
+  accounting (not RSS): parameter + gradient + AdamW-state bytes, plus the tensors
+  autograd saves for backward (`saved_tensors_hooks`, each storage counted once,
+  parameter storages excluded), summed: an upper bound on the step's peak. **L1-size**:
+  the adapter's `adapter_model.safetensors` against the full model's `model.safetensors`
+  (both `save_pretrained`).
 
 ## What seekq does per job that the Q1/Q2 peer does not
 
