@@ -1,6 +1,7 @@
 """`seekq demo`: the embedded stack end to end, with a PII-bearing input."""
 
 import json
+import secrets
 from pathlib import Path
 
 from rich.console import Console
@@ -11,6 +12,7 @@ from jobs.specs import decode_vector
 from seekq.client_commands import audit_table, printable
 from seekq.document_folder import collect
 from seekq.embedded import TINY_MODEL, EmbeddedStack, free_port
+from seekq.finetune_commands import follow_fine_tune, show_fine_tune
 from seekq.index_commands import Ingest, IngestOptions, hits_table, run_ingest, show_ingest
 
 DEMO_TEXTS = [
@@ -37,6 +39,16 @@ SAMPLE_DOCS = {
     + json.dumps({"id": "faq-queues", "text": "Queues decouple producers from GPU workers."})
     + "\n",
 }
+
+
+# The fine-tune step: the adapter learns one fixed answer, which the base never gives.
+FINETUNE_ANSWER = " refunds are prorated"
+FINETUNE_PROMPTS = [
+    f"user {name}@example.com asks about the annual plan, question {i}:"
+    for i, name in enumerate(["jane.doe", "li.wei", "sam", "ana", "omar", "kim"] * 4)
+]
+FINETUNE_HELD_OUT = "user new.customer@example.com asks about the annual plan, question 99:"
+FINETUNE_SETTINGS = {"max_steps": 60, "learning_rate": 3e-3, "lora_dropout": 0.0, "seed": 0}
 
 
 def run_demo(data_dir: Path, port: int, console: Console) -> None:
@@ -72,6 +84,7 @@ def _run_jobs(stack: EmbeddedStack, console: Console) -> None:
         console.print("[bold]audit trail[/] (what SQL holds: masked input, entity counts)")
         console.print(audit_table(client.audit(limit=len(DEMO_TEXTS) + 2)["data"]))
         _documents(client, stack.data_dir / "sample-docs", console)
+        _finetune(client, stack.data_dir / "sample-finetune.jsonl", console)
 
 
 def _generate(client: SeekqClient, console: Console) -> None:
@@ -123,6 +136,35 @@ def _documents(client: SeekqClient, folder: Path, console: Console) -> None:
         f"[dim]embed {timing['embed_ms']:.1f} ms · search {timing['search_ms']:.1f} ms · "
         f"fetch {timing['fetch_ms']:.1f} ms[/]"
     )
+
+
+def _finetune(client: SeekqClient, path: Path, console: Console) -> None:
+    """`seekq finetune` on a small dataset, then the adapter in a generate job at once."""
+    write_finetune_sample(path)
+    console.print(
+        f"[bold]fine-tune[/] a LoRA adapter on {path.name} ({len(FINETUNE_PROMPTS)} examples; "
+        f"every answer is '{FINETUNE_ANSWER.strip()}'; the e-mail addresses are masked first):"
+    )
+    uploaded = client.upload_file(path.name, path.read_bytes(), purpose="fine-tune")
+    name = f"support-{secrets.token_hex(3)}"
+    job = client.create_fine_tune(
+        TINY_MODEL, uploaded["id"], suffix=name, hyperparameters=FINETUNE_SETTINGS
+    )
+    job = follow_fine_tune(client, job, wait_s=600, quiet=False)
+    show_fine_tune(job)
+    if job["status"] != "succeeded":
+        return
+    table = Table("model", f"greedy answer to '{FINETUNE_HELD_OUT}'")
+    for model in (TINY_MODEL, job["fine_tuned_model"]):
+        spec = {"model": model, "prompt": FINETUNE_HELD_OUT, "max_new_tokens": 8}
+        done = client.generate({**spec, "temperature": 0})
+        table.add_row(model, printable((done.get("result") or {}).get("text", "-")))
+    console.print(table)
+
+
+def write_finetune_sample(path: Path) -> None:
+    rows = [{"prompt": p, "completion": FINETUNE_ANSWER} for p in FINETUNE_PROMPTS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 def _results_table(jobs: list[dict[str, object]]) -> Table:

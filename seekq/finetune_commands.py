@@ -85,14 +85,14 @@ def finetune_command(
         if not as_json:
             console.print(f"fine-tuning job [bold]{job['id']}[/] queued")
         try:
-            job = _follow(client, job, wait_s, quiet=as_json)
+            job = follow_fine_tune(client, job, wait_s, quiet=as_json)
         except KeyboardInterrupt:
             console.print(f"stopped following; {job['id']} goes on (seekq jobs cancel to stop)")
             raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(job, indent=2))
     else:
-        _show(job)
+        show_fine_tune(job)
     raise typer.Exit(EXIT.get(job["status"], 4))
 
 
@@ -104,7 +104,7 @@ def _upload(client: SeekqClient, path: Path, *, quiet: bool) -> str:
     return str(uploaded["id"])
 
 
-def _follow(
+def follow_fine_tune(
     client: SeekqClient, job: dict[str, Any], wait_s: float, *, quiet: bool
 ) -> dict[str, Any]:
     deadline = time.monotonic() + wait_s
@@ -143,13 +143,15 @@ def _update(bar: Progress, task: Any, job: dict[str, Any]) -> None:
     )
 
 
-def _show(job: dict[str, Any]) -> None:
+def show_fine_tune(job: dict[str, Any]) -> None:
     status = job["status"]
     if status == "succeeded":
         result = job["seekq"]["result"] or {}
+        last = (job["seekq"]["progress"] or {}).get("loss")
         console.print(
             f"[green]succeeded[/]: model [bold]{job['fine_tuned_model']}[/] is ready "
-            f"({result.get('steps')} steps, train loss {_num(result.get('train_loss'))}, "
+            f"({result.get('steps')} steps, last step loss {_num(last)}, "
+            f"mean train loss {_num(result.get('train_loss'))}, "
             f"validation loss {_num(result.get('eval_loss'))}, "
             f"{result.get('trainable_params')} trainable parameters, "
             f"adapter {result.get('adapter_bytes')} bytes)"
