@@ -9,6 +9,10 @@ requests and wait on a Future. Each iteration the engine
   3. retires finished sequences (EOS, a stop string, max_new_tokens, a cancel request),
      which frees their slots at once, and trims padding no sequence needs any more;
   4. runs one decoding step for the sequences still running.
+A request may name a LoRA adapter (`Request.adapter`): it is loaded onto the base model at
+admission, between steps (workers/adapters.py keeps an LRU of up to `max_adapters`), and
+every forward pass names each row's adapter, so rows of different adapters and of the base
+model share the batch. An adapter that cannot be loaded fails its own request only.
 With `continuous=False` it batches statically, as `generate` does: it admits only into
 an empty batch, and finished rows keep their slot (computed, their output ignored) until
 the batch's longest request is done. Kept as the G2 benchmark's peer.
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from jobs.streams import StreamEntry
+from workers.adapters import BASE_ADAPTER, AdapterLoadError, AdapterRef, ResidentAdapters
 from workers.experts import ExpertCounter
 from workers.sampling import (
     MAX_GUARD_TRIES,
@@ -73,6 +78,7 @@ class Request:
     params: SamplingParams
     stream: bool = False
     should_stop: Callable[[], bool] = lambda: False
+    adapter: AdapterRef | None = None  # a LoRA adapter on the base model; None: the base
     future: "Future[Generation]" = field(default_factory=Future)
     received_at: float = field(default_factory=time.perf_counter)
 
@@ -96,6 +102,7 @@ class Sequence:
     def __init__(self, request: Request, engine: "GenerationEngine") -> None:
         self.request = request
         self.params = request.params
+        self.adapter = request.adapter.key if request.adapter else BASE_ADAPTER
         self.history = list(request.prompt_ids)  # prompt + generated, for penalties
         self.generated = 0
         self.text = ""
@@ -200,9 +207,11 @@ class GenerationEngine:
         pad_to_multiple_of: int | None = None,
         streams: Callable[[list[StreamEntry]], None] | None = None,
         metrics: EngineMetrics | None = None,
+        max_adapters: int = 8,
     ) -> None:
         self.name = name
-        self.model = model
+        # The base model, wrapped in a PeftModel once a request brings an adapter.
+        self.model: torch.nn.Module = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.continuous = continuous
@@ -214,6 +223,7 @@ class GenerationEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = _pad_id(tokenizer, self.eos_ids)
         self.experts = ExpertCounter(model)
+        self.adapters = ResidentAdapters(max_adapters)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._decode_ids = backend.decode if backend is not None else tokenizer.decode
         self._inbox: queue.Queue[Request] = queue.Queue()
@@ -264,11 +274,13 @@ class GenerationEngine:
         admitted = self._admit()
         if admitted:
             try:
-                group = self._prefill(admitted)
+                admitted = self._load_adapters(admitted)
+                group = self._prefill(admitted) if admitted else None
             except Exception as exc:  # the new requests are in neither batch nor inbox
                 self._fail(admitted, exc)
                 raise
-            self._batch = group if self._batch is None else self._batch.merge(group)
+            if group is not None:
+                self._batch = group if self._batch is None else self._batch.merge(group)
         if self._batch is None:
             return
         self._choose_tokens(self._batch)
@@ -315,13 +327,50 @@ class GenerationEngine:
             sequence.finish_reason = "cancelled"
             self._finish([sequence])
 
+    def _load_adapters(self, requests: list[Request]) -> list[Request]:
+        """The requests whose adapter is resident now. One whose adapter cannot be loaded
+        fails alone. Runs between forward passes, and outside inference mode: the adapters'
+        weights are ordinary parameters of the model."""
+        refs = [r.adapter for r in requests if r.adapter is not None]
+        if not refs:
+            return requests
+        failed = self._ensure_adapters(refs)
+        kept = []
+        for request in requests:
+            error = failed.get(request.adapter.key) if request.adapter else None
+            if error is None:
+                kept.append(request)
+                continue
+            log.warning("adapter refused model=%s job_id=%s: %s", self.name, request.key, error)
+            self._fail([request], error)
+        return kept
+
+    def _ensure_adapters(self, refs: list[AdapterRef]) -> dict[str, AdapterLoadError]:
+        """Load what `refs` need; the errors of those that could not be, by key."""
+        in_use = {s.adapter for s in self._batch.sequences} if self._batch else set()
+        in_use |= {ref.key for ref in refs}
+        failed: dict[str, AdapterLoadError] = {}
+        with torch.inference_mode(False):
+            for ref in {ref.key: ref for ref in refs}.values():
+                try:
+                    self.model = self.adapters.ensure(self.model, in_use, ref)
+                except AdapterLoadError as exc:
+                    failed[ref.key] = exc
+        return failed
+
+    def _forward(self, sequences: list[Sequence], **inputs: Any) -> Any:
+        """One forward pass over `sequences`' rows, each through its own adapter (a plain
+        call until the first adapter is loaded)."""
+        return self.adapters.forward(self.model, [s.adapter for s in sequences], **inputs)
+
     def _prefill(self, requests: list[Request]) -> Batch:
         sequences = [Sequence(r, self) for r in requests]
         ids, mask = self._pad([r.prompt_ids for r in requests])
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache()
         self.experts.begin(mask.bool())
-        out = self.model(
+        out = self._forward(
+            sequences,
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
@@ -342,7 +391,8 @@ class GenerationEngine:
         )
         positions = batch.mask.sum(dim=1, keepdim=True) - 1
         self.experts.begin(torch.ones_like(tokens, dtype=torch.bool))
-        out = self.model(
+        out = self._forward(
+            batch.sequences,
             input_ids=tokens,
             attention_mask=batch.mask,
             position_ids=positions,
