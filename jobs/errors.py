@@ -15,6 +15,8 @@
     │   │   └── AdapterExistsError  an adapter (or a fine-tune making it) has that name
     │   ├── InvalidTransitionError  a status change the state machine forbids
     │   ├── ModelNotFoundError    the model is not in the registry / not loaded here
+    │   │                         (workers.adapters.AdapterLoadError, a PermanentError too:
+    │   │                          a fine-tuned adapter's files cannot be served)
     │   ├── AuthError             missing, malformed, unknown or revoked API key
     │   ├── JobFailedError        the job a synchronous call waited for failed
     │   └── ConfigError           settings that cannot work (placeholder secret, bad URL)

@@ -167,6 +167,7 @@ class ModelPool:
             max_batch=self.settings.generate_max_batch,
             continuous=self.settings.generate_continuous,
             threads=self.settings.generate_threads,
+            max_adapters=self.settings.generate_max_adapters,
             pad_to_multiple_of=8 if self.settings.device.startswith("cuda") else None,
             streams=self.streams,
             metrics=self.metrics,

@@ -35,6 +35,9 @@ class WorkerSettings(BaseSettings):
     # torch intra-op threads of each model's engine thread on the CPU. 1: from a second
     # Python thread, 2 threads ran the tiny MoE ~2.5x slower than 1 on 2 cores (measured).
     generate_threads: int = Field(default=1, ge=1, le=256)
+    # Fine-tuned LoRA adapters each model's engine keeps loaded (least recently used go
+    # first; one a running request uses is never evicted).
+    generate_max_adapters: int = Field(default=8, ge=1, le=1024)
     # Prometheus metrics of this worker process (generation, MoE experts) on this port of
     # metrics_addr; unset: not served.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
