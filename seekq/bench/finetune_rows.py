@@ -271,7 +271,7 @@ def params_rows(model: Any, r: int) -> list[Row]:
                 f"({base:,} parameters, hidden 128). A rank-r adapter on a d x d matrix adds "
                 f"2r/d of it: at d=128 that is {2 * r / 128:.1%}, and these projections are "
                 f"{targeted / base:.0%} of this model, so r={r} cannot reach 1% here "
-                f"(at DeepSeek-V3's d=7,168 the same adapter is {2 * r / 7168:.2%} of them)"
+                f"(at DeepSeek-V3's d=7,168, 2r/d is {2 * r / 7168:.2%})"
             ),
             seekq=f"{trainable:,} trainable of {total:,} ({share:.2%})",
             peer=f"{base:,} trainable (full fine-tune, 100%)",
@@ -282,8 +282,8 @@ def params_rows(model: Any, r: int) -> list[Row]:
         Row(
             id="L1-params-r",
             what="the largest LoRA rank within 1% on this model (same targets)",
-            seekq=f"r={within}: {share_at(within)}" if within else "none",
-            peer=f"r={within + 1}: {share_at(within + 1)}",
+            seekq=f"r ≤ {within} (r={within}: {share_at(within)})" if within else "none",
+            peer=f"r={within + 1}: {share_at(within + 1)} (over)",
             ratio=f"{per_rank:,.0f} parameters per rank",
             target="information",
             passed=None,
