@@ -4,7 +4,7 @@ serve the job, its events and its cancel in OpenAI's shapes.
 Everything that can be known before training is checked at submit (OpenAI users
 complain that data errors surface only after a job starts): the base model and its chat
 template, the adapter name, LoRA targets that break mixed-adapter batching, the files'
-purpose, every example's token length against the model's context, the split sizes.
+purpose, every example's token length against the model's context.
 """
 
 import uuid
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.catalog import JobKind
 from jobs.datasets import check_lengths
-from jobs.errors import AdapterExistsError, DatasetError, JobNotFoundError, SpecError
+from jobs.errors import AdapterExistsError, JobNotFoundError, SpecError
 from jobs.files import FileService
 from jobs.finetune_records import (
     FineTuneCreate,
@@ -93,12 +93,6 @@ class FineTuneService:
         if parsed.validation_file is not None:
             validation = self.files.examples(who.tenant_id, parsed.validation_file).examples
             check_lengths(validation, fmt, fmt.context_length, "validation file")
-        split = parsed.hyperparameters.validation_split
-        if split and int(len(training) * split) < 1:
-            raise DatasetError(
-                f"validation_split {split} holds out no example of {len(training)}; "
-                "raise it or give a validation_file"
-            )
 
     def _check_name_free(self, who: Principal, spec: FineTuneSpec) -> None:
         with self.sessions() as session:

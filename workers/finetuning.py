@@ -69,6 +69,10 @@ class FineTuneRun:
         entry = self.context.models.get(self.spec.model, ModelKind.CAUSAL_LM)
         training = self.context.files.examples(self.job.tenant_id, self.spec.training_file)
         examples = [_example(e) for e in training.examples]
+        validation = None
+        if self.spec.validation_file is not None:
+            held = self.context.files.examples(self.job.tenant_id, self.spec.validation_file)
+            validation = [_example(e) for e in held.examples]
         with _scratch(self.work_dir / f"attempt-{self.job.attempt}") as scratch:
             resume = self._fetch_checkpoint(scratch)
             self._announce_start(len(examples), resume)
@@ -81,6 +85,7 @@ class FineTuneRun:
                 device=device,
                 resume_from=resume,
                 dtype=entry.dtype,
+                eval_examples=validation,
             )
             if outcome.stopped or outcome.adapter_dir is None:
                 raise JobCancelledError(

@@ -134,9 +134,14 @@ def feature_datasets(
     seed: int,
     completion_only: bool,
     max_length: int,
+    eval_examples: Sequence[dict[str, Any]] | None = None,
 ) -> tuple["FeatureDataset", "FeatureDataset | None"]:
-    """The training set and the held-out one (None without a validation split)."""
-    train, held_out = split_examples(examples, validation_split, seed)
+    """The training set and the held-out one: `eval_examples` when given, else a split of
+    `examples` (None without a validation split)."""
+    if eval_examples:
+        train, held_out = list(examples), list(eval_examples)
+    else:
+        train, held_out = split_examples(examples, validation_split, seed)
     train_set = FeatureDataset(encode_examples(tokenizer, train, completion_only, max_length))
     if not held_out:
         return train_set, None

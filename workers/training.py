@@ -154,9 +154,11 @@ def train_lora(
     device: str = "cpu",
     resume_from: Path | None = None,
     dtype: str = "auto",
+    eval_examples: list[dict[str, Any]] | None = None,
 ) -> TrainingOutcome:
     """Fine-tune a LoRA adapter on `base_dir`; checkpoints go under `work_dir/checkpoints`,
-    the adapter to `work_dir/adapter`. Torch's thread count is the caller's to set."""
+    the adapter to `work_dir/adapter`. Torch's thread count is the caller's to set.
+    `eval_examples` (a validation file) replace the held-out split when given."""
     started = time.monotonic()
     resumed_from_step = checkpoint_step(resume_from) if resume_from is not None else 0
     torch_dtype = resolve_dtype(dtype, device)
@@ -170,6 +172,7 @@ def train_lora(
         params.seed,
         params.completion_only,
         max_length,
+        eval_examples,
     )
     bridge = _HooksCallback(hooks, started)
     args = training_arguments(params, work_dir / "checkpoints", device, torch_dtype, bool(eval_set))

@@ -63,6 +63,9 @@ def finetune_env(stack: Stack, **extra: str) -> dict[str, str]:
         SEEKQ_MODELS_FILE=str(models_file),
         SEEKQ_LEASE_S="3",  # a dead worker's job is taken over within seconds
         SEEKQ_RECONCILE_EVERY_S="1",
+        # One torch thread: the test process and other workers share the two cores, and
+        # two training threads under contention ran ~10x slower than one (measured).
+        SEEKQ_TORCH_THREADS="1",
         **extra,
     )
 
@@ -161,6 +164,25 @@ def test_events_report_loss_per_step(stack: Stack, adapters: Adapters) -> None:
     assert any(m.startswith("Fine-tuning started") for m in messages)
     ids = [int(e.id.removeprefix("ftevent-")) for e in events]
     assert ids == sorted(ids, reverse=True)  # newest first, as OpenAI lists them
+
+
+def test_a_validation_file_gives_a_validation_loss(stack: Stack, workers: Workers) -> None:
+    client = openai_client(stack)
+    job = client.fine_tuning.jobs.create(
+        model=TINY_MODEL,
+        training_file=upload(client, dataset(ALPHA)),
+        validation_file=upload(client, dataset(ALPHA, 10), name="valid.jsonl"),
+        extra_body={"seekq": {**TRAIN, "max_steps": 6, "checkpoint_every": 3}},
+    )
+    done = wait_done(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.validation_file is not None
+    assert done.model_extra["seekq"]["result"]["eval_loss"] > 0
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100)
+    evaluated = sorted(
+        e.data["step"] for e in events if e.type == "metrics" and "eval_loss" in e.data
+    )
+    assert evaluated == [3, 6]
 
 
 def test_list_and_retrieve_are_tenant_scoped(stack: Stack, adapters: Adapters) -> None:
