@@ -321,17 +321,10 @@ def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(
     progress = done.model_extra["seekq"]["progress"]
     assert progress["step"] <= asked_at + 2  # stopped within a step (give one of slack)
     assert progress["checkpoint_step"] >= 5
+    job_id = done.model_extra["seekq"]["job_id"]
     with stack.context.sessions() as session:
-        assert (
-            session.scalar(
-                select(AdapterRow).where(AdapterRow.job_id == done.model_extra["seekq"]["job_id"])
-            )
-            is None
-        )
-    prefix = f"finetunes/"
-    kept = [
-        k for k in stack.context.artifacts.list(prefix) if done.model_extra["seekq"]["job_id"] in k
-    ]
+        assert session.scalar(select(AdapterRow).where(AdapterRow.job_id == job_id)) is None
+    kept = [k for k in stack.context.artifacts.list("finetunes/") if job_id in k]
     assert any(k.endswith("adapter_model.safetensors") for k in kept)
 
 

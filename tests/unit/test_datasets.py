@@ -69,7 +69,7 @@ def test_every_bad_line_is_named_without_its_content() -> None:
 
 
 def test_example_counts_are_bounded() -> None:
-    with pytest.raises(DatasetError, match="has 3 example.*at least 10"):
+    with pytest.raises(DatasetError, match=r"has 3 example.*at least 10"):
         parse(lines(*good(3)), MASKER, min_examples=10, max_examples=100)
     with pytest.raises(DatasetError, match="at most 5"):
         parse(lines(*good(6)), MASKER, min_examples=1, max_examples=5)
@@ -81,9 +81,8 @@ def test_not_utf8_is_refused() -> None:
 
 
 def test_personal_data_is_masked_and_counted() -> None:
-    records = good(9) + [
-        {"prompt": "mail bob@example.com:", "completion": " card 4111 1111 1111 1111"},
-    ]
+    card = {"prompt": "mail bob@example.com:", "completion": " card 4111 1111 1111 1111"}
+    records = [*good(9), card]
     dataset = parse(lines(*records), MASKER, min_examples=1, max_examples=100)
     stored = encode_examples(dataset.examples).decode()
     assert "bob@example.com" not in stored and "4111 1111 1111 1111" not in stored
