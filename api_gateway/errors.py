@@ -43,8 +43,8 @@ STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (JobCancelledError, 409, "job_cancelled"),  # the job behind a synchronous call
     (IdempotencyConflictError, 409, "idempotency_conflict"),
     (ContextLengthError, 400, "context_length_exceeded"),  # OpenAI's status and code
-    (DocumentError, 400, "invalid_document"),
-    (DatasetError, 400, "invalid_training_file"),  # the code is the error's own (status_for)
+    (DocumentError, 400, "invalid_document"),  # status_for uses the error's own code
+    (DatasetError, 400, "invalid_training_file"),  # each bad line named in the message
     (SpecError, 422, "invalid_request"),
     (JobNotFoundError, 404, "not_found"),
     (ModelNotFoundError, 404, "model_not_found"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import AdapterExistsError, ModelNotFoundError
@@ -89,24 +90,26 @@ def register_adapter(session: Session, *, claim: Claim, result: dict[str, Any]) 
         "trainable_params": made.trainable_params,
         "total_params": made.total_params,
     }
-    repo.add(
-        AdapterRow(
-            id=made.adapter_id,
-            tenant_id=tenant_id,
-            base_model=spec.model,
-            name=spec.adapter,
-            job_id=job_id,
-            training_file=spec.training_file,
-            dataset_sha256=made.dataset_sha256,
-            hyperparameters=spec.hyperparameters.model_dump(mode="json"),
-            metrics=metrics,
-            artifact_prefix=adapter_prefix(tenant_id, made.adapter_id),
-            files=made.adapter_files,
-            size_bytes=made.adapter_bytes,
-            created_at=datetime.now(UTC),
-        )
+    row = AdapterRow(
+        id=made.adapter_id,
+        tenant_id=tenant_id,
+        base_model=spec.model,
+        name=spec.adapter,
+        job_id=job_id,
+        training_file=spec.training_file,
+        dataset_sha256=made.dataset_sha256,
+        hyperparameters=spec.hyperparameters.model_dump(mode="json"),
+        metrics=metrics,
+        artifact_prefix=adapter_prefix(tenant_id, made.adapter_id),
+        files=made.adapter_files,
+        size_bytes=made.adapter_bytes,
+        created_at=datetime.now(UTC),
     )
-    session.flush()
+    try:
+        with session.begin_nested():  # a savepoint: the race loser's insert alone fails
+            repo.add(row)
+    except IntegrityError:
+        raise AdapterExistsError(f"an adapter named '{spec.model_name}' exists already") from None
 
 
 class AdapterService:

@@ -104,7 +104,10 @@ class JobsContext:
 
     def reconciler(self) -> Reconciler:
         publisher = CeleryPublisher(self.celery)
-        return Reconciler(self.sessions, publisher, self.events, self.settings.max_attempts)
+        settings = self.settings
+        return Reconciler(
+            self.sessions, publisher, self.events, settings.max_attempts, settings.lease_s
+        )
 
     def close(self) -> None:
         self.redis.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.errors import DatasetError
+from jobs.errors import DatasetError, SpecError
 from jobs.finetune_specs import ChatLine, PromptCompletionLine
 from jobs.pii import PiiMasker
 from jobs.prompts import PromptFormat
@@ -66,7 +66,7 @@ def _check_line(line: str, number: int, problems: list[tuple[int, str]]) -> dict
         return None
     try:
         raw = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # also a number of over 4,300 digits
         problems.append((number, "not valid JSON"))
         return None
     if not isinstance(raw, dict):
@@ -129,14 +129,18 @@ def check_lengths(examples: list[dict[str, Any]], fmt: PromptFormat, limit: int,
     if any("messages" in e for e in examples) and fmt.chat_template is None:
         raise DatasetError(f"{what}: chat examples need a model with a chat template")
     total = 0
-    too_long: list[tuple[int, str]] = []
+    too_long: list[tuple[int, str]] = []  # (line, problem): too long, or not renderable
     for example in examples:
-        tokens = count_tokens(example, fmt)
+        try:
+            tokens = count_tokens(example, fmt)
+        except SpecError as exc:  # the chat template refused this conversation
+            too_long.append((example["line"], str(exc)))
+            continue
         total += tokens
         if tokens > limit:
             too_long.append((example["line"], f"{tokens} tokens; the limit is {limit}"))
     if too_long:
-        raise DatasetError(f"{what} has {len(too_long)} example(s) too long", too_long)
+        raise DatasetError(f"{what} has {len(too_long)} example(s) that cannot be used", too_long)
     return total
 
 

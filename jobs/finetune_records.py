@@ -3,6 +3,7 @@
 A fine-tune is a seekq job of kind `finetune`; its OpenAI id is `ftjob-<job uuid hex>`.
 """
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -220,6 +221,6 @@ class FineTuningEventPage(BaseModel):
 
 def event_id_of(after: str) -> int:
     raw = after.removeprefix(EVENT_PREFIX)
-    if not raw.isdigit() or len(raw) > 18:
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
         raise SpecError("after: not an event id returned by this API")
     return int(raw)

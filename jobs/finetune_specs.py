@@ -10,23 +10,23 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from jobs.index_specs import FILE_ID_PATTERN
-from jobs.specs import MAX_MESSAGES, MAX_PROMPT_CHARS, StrictModel
+from jobs.specs import BASE_MODEL_PATTERN, MAX_MESSAGES, MAX_PROMPT_CHARS, StrictModel
 
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
-BASE_MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 MODULE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$"
 MAX_METADATA_PAIRS = 16
 
-# Module names that, on these architectures, make peft wrap the routed experts' 3-D
-# parameters (lora.ParamWrapper): such adapters cannot share a batch with other adapters
-# (peft 0.21: "ParamWrapper does not support mixed adapter batches yet"), so seekq refuses
-# them rather than serve them one request at a time.
-EXPERT_MODULES: dict[str, frozenset[str]] = {
-    "deepseek_v3": frozenset({"gate_proj", "up_proj", "down_proj", "experts"}),
-    "deepseek_v2": frozenset({"gate_proj", "up_proj", "down_proj", "experts"}),
-    "mixtral": frozenset({"w1", "w2", "w3", "experts"}),
-    "qwen2_moe": frozenset({"gate_proj", "up_proj", "down_proj", "experts"}),
-}
+# Module names that, on a mixture-of-experts model, make peft wrap the routed experts'
+# 3-D parameters (lora.ParamWrapper) instead of Linear layers: such adapters cannot share a
+# batch with other adapters (peft 0.21: "ParamWrapper does not support mixed adapter
+# batches yet"), so seekq refuses them rather than serve them one request at a time. The
+# submit check uses the model types below; the worker also detects stacked experts itself.
+EXPERT_PROJECTIONS = frozenset(
+    {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "w1", "w2", "w3", "experts"}
+)
+MOE_MODEL_TYPES = frozenset(
+    {"deepseek_v2", "deepseek_v3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "dbrx"}
+)
 
 AdapterName = Annotated[str, Field(pattern=ADAPTER_NAME_PATTERN, max_length=64)]
 FileId = Annotated[str, Field(pattern=FILE_ID_PATTERN, max_length=40)]

@@ -7,6 +7,7 @@ template, the adapter name, LoRA targets that break mixed-adapter batching, the 
 purpose, every example's token length against the model's context.
 """
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from jobs.finetune_records import (
     event_id_of,
     job_id_of,
 )
-from jobs.finetune_specs import EXPERT_MODULES, FineTuneSpec
+from jobs.finetune_specs import EXPERT_PROJECTIONS, MOE_MODEL_TYPES, FineTuneSpec
 from jobs.keys import Principal
 from jobs.records import JobView
 from jobs.registry import ModelKind, ModelRegistry, read_model_config, resolve_source
@@ -71,7 +72,7 @@ class FineTuneService:
         spec: dict[str, Any] = {
             "model": body.model,
             "training_file": body.training_file,
-            "adapter": body.suffix or f"ft-{uuid.uuid4().hex[:12]}",
+            "adapter": body.suffix or _default_name(idempotency_key),
             "hyperparameters": body.hyperparameters_dict(),
         }
         if body.validation_file is not None:
@@ -84,6 +85,8 @@ class FineTuneService:
     def check(self, who: Principal, parsed: BaseModel) -> None:
         """The kind check JobService runs before a finetune job is committed."""
         assert isinstance(parsed, FineTuneSpec)
+        if self.jobs.masker.mask(parsed.adapter).counts:
+            raise SpecError("suffix: an adapter's name must not hold personal data")
         entry = self.models.get(parsed.model, ModelKind.CAUSAL_LM)
         _check_targets(parsed, read_model_config(resolve_source(entry.source)) or {})
         self._check_name_free(who, parsed)
@@ -146,7 +149,7 @@ class FineTuneService:
         job = self._job(who, fine_tuning_job_id)
         cancelled = self.jobs.cancel(who, job.id)
         if cancelled.status == JobStatus.CANCELLED.value and job.status == JobStatus.QUEUED.value:
-            self.record(job.id, who.tenant_id, "Fine-tuning job cancelled before it started")
+            self.record(job.id, who.tenant_id, "Fine-tuning job cancelled while queued")
         return self._view(who, cancelled)
 
     def record(
@@ -158,8 +161,11 @@ class FineTuneService:
         *,
         kind: str = "message",
         level: str = "info",
-    ) -> None:
-        """Add one event to a fine-tune job (workers report steps and checkpoints here)."""
+        attempt: int | None = None,
+    ) -> bool:
+        """Add one event to a fine-tune job (workers report steps and checkpoints here).
+        With `attempt`, only while that attempt still runs the job: a stale attempt's
+        steps never mix with the live one's. False when nothing was written."""
         row = FineTuneEventRow(
             job_id=job_id,
             tenant_id=tenant_id,
@@ -170,7 +176,12 @@ class FineTuneService:
             created_at=datetime.now(UTC),
         )
         with self.sessions.begin() as session:
+            if attempt is not None:
+                state = JobRepo(session).find_state(job_id)
+                if state is None or state[1] != attempt or state[0] not in LIVE:
+                    return False
             FineTuneEventRepo(session).add(row)
+        return True
 
     def _job(self, who: Principal, fine_tuning_job_id: str) -> JobView:
         job = self.jobs.get(who, job_id_of(fine_tuning_job_id))
@@ -183,11 +194,19 @@ class FineTuneService:
         return FineTuningJobView.from_job(job, who.tenant_name)
 
 
+def _default_name(idempotency_key: str | None) -> str:
+    """`ft-<12 hex>`; from the idempotency key when there is one, so a retried request
+    is the same request (and replays its job instead of conflicting)."""
+    if idempotency_key is None:
+        return f"ft-{uuid.uuid4().hex[:12]}"
+    return "ft-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
+
+
 def _check_targets(spec: FineTuneSpec, config: dict[str, Any]) -> None:
     """Refuse LoRA targets that would wrap routed experts (no mixed-adapter batches)."""
     targets = spec.hyperparameters.target_modules
-    experts = EXPERT_MODULES.get(str(config.get("model_type", "")), frozenset())
-    wrapped = sorted(set(targets or ()) & experts)
+    moe = str(config.get("model_type", "")) in MOE_MODEL_TYPES
+    wrapped = sorted(set(targets or ()) & EXPERT_PROJECTIONS) if moe else []
     if wrapped:
         raise SpecError(
             f"hyperparameters.target_modules: {', '.join(wrapped)} would put LoRA on the "

@@ -3,17 +3,20 @@
 A running job holds a lease in SQL, renewed by its worker every third of `lease_s`. When
 a worker dies (kill -9, OOM, a lost machine) the lease runs out; Redis would redeliver
 the unacknowledged message only after its visibility timeout (an hour by default, and a
-fine-tune may run longer than that), so seekq does not wait for it: the sweep publishes
-such jobs again, and the next worker's claim takes them over (a fenced write: at most
-one attempt runs a job). A job whose lease ran out on its last allowed attempt has
-killed its worker `max_attempts` times and fails as `worker_lost` instead of looping.
+fine-tune may run longer than that), so seekq does not wait for it: once a lease has been
+dead for a grace period (one lease), the sweep gives the job back to the queue (a write
+fenced on its attempt and on the dead lease, so it happens once) and publishes it; the
+next worker's claim takes it over as a new attempt. A job cancelled while its worker
+died ends cancelled. A job whose lease ran out on its last allowed attempt fails as
+`worker_lost` instead of looping (Celery has no redelivery cap).
 
 Every worker process runs the sweep; a Redis lock lets one of them sweep per interval.
 """
 
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -40,47 +43,84 @@ class Reconciler:
         publisher: Publisher,
         events: JobEvents,
         max_attempts: int,
+        grace_s: float,
     ) -> None:
         self.sessions = sessions
         self.publisher = publisher
         self.events = events
         self.max_attempts = max_attempts
+        # A lease must have been dead this long (one lease period by default): a worker
+        # that missed a renewal or two (a database blip) is not taken over at once.
+        self.grace_s = grace_s
 
     def sweep(self) -> tuple[int, int]:
-        """(jobs published again, jobs failed as worker_lost)."""
+        """(jobs given back to the queue, jobs failed as worker_lost)."""
         now = datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self.grace_s)
         with self.sessions() as session:
-            expired = JobRepo(session).expired_leases(EXPIRED_STATUSES, now, BATCH)
-        published = lost = 0
-        for job_id, kind, attempt in expired:
-            if attempt >= self.max_attempts and self._fail_lost(job_id, attempt, now):
-                lost += 1
-                continue
-            try:
-                self.publisher.publish(get_entry(kind), job_id)
-                published += 1
-            except BrokerUnavailableError:
-                log.warning("reconciler cannot publish: broker unavailable")
-                break
-        if published or lost:
-            log.warning("reconciler: %d job(s) published again, %d lost", published, lost)
-        return published, lost
+            expired = JobRepo(session).expired_leases(EXPIRED_STATUSES, cutoff, BATCH)
+        requeued = lost = 0
+        for job_id, kind, attempt, status in expired:
+            if status == JobStatus.CANCELLING.value:
+                self._end(job_id, attempt, cutoff, JobStatus.CANCELLED, {})
+            elif attempt >= self.max_attempts:
+                lost += self._end(job_id, attempt, cutoff, JobStatus.FAILED, _lost(attempt))
+            elif self._requeue(job_id, attempt, cutoff):
+                requeued += 1
+                try:
+                    self.publisher.publish(get_entry(kind), job_id)
+                except BrokerUnavailableError:
+                    # Queued in SQL with no message: a client retry with its idempotency
+                    # key publishes it again (issue 8's outbox sweep will too).
+                    log.warning("reconciler cannot publish job_id=%s: broker down", job_id)
+        if requeued or lost:
+            log.warning("reconciler: %d job(s) given back to the queue, %d lost", requeued, lost)
+        return requeued, lost
 
-    def _fail_lost(self, job_id: str, attempt: int, now: datetime) -> bool:
-        values = {
-            "status": JobStatus.FAILED.value,
-            "error_type": "worker_lost",
-            "error_message": f"the worker running it was lost on each of {attempt} attempts",
-            "finished_at": now,
-            "lease_expires_at": None,
-        }
-        with self.sessions.begin() as session:
-            ended = JobRepo(session).update_where(
-                job_id, statuses=[JobStatus.RUNNING.value], attempt=attempt, values=values
-            )
+    def _requeue(self, job_id: str, attempt: int, cutoff: datetime) -> bool:
+        """running -> queued, only if the same attempt still holds the same dead lease:
+        the job is published once, not on every sweep."""
+        values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None}
+        return self._update(job_id, attempt, cutoff, JobStatus.RUNNING, values)
+
+    def _end(
+        self,
+        job_id: str,
+        attempt: int,
+        cutoff: datetime,
+        status: JobStatus,
+        values: dict[str, Any],
+    ) -> bool:
+        final = {**values, "status": status.value, "finished_at": datetime.now(UTC)}
+        final["lease_expires_at"] = None
+        source = JobStatus.CANCELLING if status is JobStatus.CANCELLED else JobStatus.RUNNING
+        ended = self._update(job_id, attempt, cutoff, source, final)
         if ended:
-            self.events.announce(job_id, JobStatus.FAILED.value)
+            self.events.announce(job_id, status.value)
         return ended
+
+    def _update(
+        self,
+        job_id: str,
+        attempt: int,
+        cutoff: datetime,
+        source: JobStatus,
+        values: dict[str, Any],
+    ) -> bool:
+        with self.sessions.begin() as session:
+            return JobRepo(session).update_if_lease_expired(
+                job_id, source.value, attempt, cutoff, values
+            )
+
+
+def _lost(attempt: int) -> dict[str, Any]:
+    return {
+        "error_type": "worker_lost",
+        "error_message": (
+            f"the worker running attempt {attempt} (the last allowed) stopped renewing its "
+            "lease; the job is not tried again"
+        ),
+    }
 
 
 class ReconcilerThread:

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from jobs.errors import ConfigError, ModelNotFoundError
-from jobs.specs import MODEL_NAME_PATTERN, describe_validation_error
+from jobs.specs import BASE_MODEL_PATTERN, describe_validation_error
 
 
 class ModelKind(StrEnum):
@@ -54,7 +54,8 @@ class ModelFileEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(pattern=MODEL_NAME_PATTERN, max_length=128)
+    # No ':' in a registered name: `<base>:<name>` names a fine-tuned adapter of <base>.
+    name: str = Field(pattern=BASE_MODEL_PATTERN, max_length=128)
     kind: ModelKind
     path: str = Field(min_length=1, max_length=4096, description="a local model directory")
     backend: str = Field(default="hf", max_length=32)

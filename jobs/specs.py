@@ -6,6 +6,7 @@ number and NaN/Infinity are not floats. Sizes are bounded here so that every ent
 """
 
 import base64
+import re
 import sys
 from array import array
 from typing import Annotated, Any, Literal
@@ -13,7 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(:[A-Za-z0-9][A-Za-z0-9._\-]{0,127})?$"
+# A registered model, or `<base>:<adapter>` (a fine-tuned LoRA adapter of that base).
+BASE_MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(:[A-Za-z0-9][A-Za-z0-9._\-]{0,63})?$"
 MAX_EMBED_INPUTS = 2048
 MAX_TEXT_CHARS = 32_768
 MAX_PING_CHARS = 1024
@@ -147,6 +150,19 @@ def describe_validation_error(exc: ValidationError) -> str:
     """A precise message naming each field and problem, without any input value."""
     parts = []
     for error in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "spec"
+        where = ".".join(_safe_loc(p) for p in error["loc"]) or "spec"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts[:20])
+
+
+_PLAIN_KEY = re.compile(r"^(?!.*[0-9]{4})[A-Za-z_][A-Za-z0-9_]{0,40}$")
+
+
+def _safe_loc(part: object) -> str:
+    """A location part as shown in errors: an index, or a key only when it looks like a
+    field name. An unknown key is the client's text and may hold personal data (an
+    e-mail address used as a key): it is shown as <key>."""
+    if isinstance(part, int):
+        return str(part)
+    text = str(part)
+    return text if _PLAIN_KEY.match(text) else "<key>"

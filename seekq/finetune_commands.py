@@ -87,7 +87,8 @@ def finetune_command(
         try:
             job = follow_fine_tune(client, job, wait_s, quiet=as_json)
         except KeyboardInterrupt:
-            console.print(f"stopped following; {job['id']} goes on (seekq jobs cancel to stop)")
+            job_id = job["seekq"]["job_id"]
+            console.print(f"stopped following; it goes on (stop it: seekq jobs cancel {job_id})")
             raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(job, indent=2))

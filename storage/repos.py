@@ -135,16 +135,36 @@ class JobRepo:
         return self.session.scalars(query.order_by(*order).limit(q.limit)).all()
 
     def expired_leases(
-        self, statuses: Collection[str], now: datetime, limit: int
-    ) -> list[tuple[str, str, int]]:
-        """(id, kind, attempt) of jobs in `statuses` whose lease ran out before `now`."""
+        self, statuses: Collection[str], cutoff: datetime, limit: int
+    ) -> list[tuple[str, str, int, str]]:
+        """(id, kind, attempt, status) of jobs in `statuses` whose lease ran out before
+        `cutoff`."""
         query = (
-            select(JobRow.id, JobRow.kind, JobRow.attempt)
-            .where(JobRow.status.in_(statuses), JobRow.lease_expires_at < now)
+            select(JobRow.id, JobRow.kind, JobRow.attempt, JobRow.status)
+            .where(JobRow.status.in_(statuses), JobRow.lease_expires_at < cutoff)
             .order_by(JobRow.lease_expires_at)
             .limit(limit)
         )
-        return [(r.id, r.kind, r.attempt) for r in self.session.execute(query)]
+        return [(r.id, r.kind, r.attempt, r.status) for r in self.session.execute(query)]
+
+    def update_if_lease_expired(
+        self, job_id: str, status: str, attempt: int, cutoff: datetime, values: dict[str, Any]
+    ) -> bool:
+        """UPDATE the job only while it is `status` at `attempt` with a lease dead since
+        before `cutoff` (the reconciler's fenced takeover)."""
+        query = (
+            update(JobRow)
+            .where(
+                JobRow.id == job_id,
+                JobRow.status == status,
+                JobRow.attempt == attempt,
+                JobRow.lease_expires_at < cutoff,
+            )
+            .values(**values)
+        )
+        result = self.session.execute(query)
+        assert isinstance(result, CursorResult)
+        return result.rowcount == 1
 
     def find_state(self, job_id: str, tenant_id: str | None = None) -> tuple[str, int] | None:
         """(status, attempt) without loading the spec or the result."""

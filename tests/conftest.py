@@ -135,6 +135,9 @@ def stack_env(database_url: str, redis_db: int, data_dir: Path, **extra: str) ->
         HF_HUB_OFFLINE="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         TOKENIZERS_PARALLELISM="false",
+        # No reconciler unless a test asks for one: quiet contexts run their own brokers
+        # over the stack's database, and a sweep would hand their jobs to another broker.
+        SEEKQ_RECONCILE_EVERY_S="0",
     )
     env.update(extra)
     return env

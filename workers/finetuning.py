@@ -8,8 +8,9 @@ Long-job reliability rests on SQL, not on Redis redelivery:
   under a key naming the attempt and step, and only then does the job's progress point
   at it (a write fenced on the attempt: a stale attempt cannot move the pointer);
 - a new attempt downloads the checkpoint the pointer names and resumes from it, so
-  training continues from its last checkpoint, never from zero, and never twice at
-  once (two attempts cannot both hold the lease);
+  training continues from its last checkpoint, never from zero; a stale attempt (one
+  whose lease was taken over) stops at its next step, and its writes (progress,
+  checkpoint pointer, events) are fenced out, so only one attempt's work counts;
 - a cancel stops training within one step; the last state is checkpointed and kept.
 """
 
@@ -25,7 +26,7 @@ from pydantic import BaseModel
 
 from jobs.adapters import adapter_id
 from jobs.context import JobsContext
-from jobs.errors import ConfigError, JobCancelledError
+from jobs.errors import ConfigError, JobCancelledError, RetryableError
 from jobs.finetune_specs import FineTuneHyperparameters, FineTuneResult, FineTuneSpec
 from jobs.lifecycle import Lifecycle
 from jobs.registry import ModelKind, resolve_source
@@ -45,7 +46,7 @@ def run_finetune(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel
     run = FineTuneRun(context, job, spec)
     try:
         return run.train(pool.settings.device)
-    except JobCancelledError:
+    except (JobCancelledError, RetryableError):
         raise
     except Exception as exc:
         run.event(f"Fine-tuning failed: {type(exc).__name__}: {exc}"[:2000], level="error")
@@ -63,7 +64,6 @@ class FineTuneRun:
         self.progress: dict[str, Any] = self.lifecycle.progress_of(job.job_id) or {}
         self.work_dir = get_storage_settings().data_dir / "work" / "finetunes" / job.job_id
         self.lost = False  # the attempt lost the job: stop at the next step
-        self.last_event_s = 0.0
 
     def train(self, device: str) -> FineTuneResult:
         entry = self.context.models.get(self.spec.model, ModelKind.CAUSAL_LM)
@@ -100,6 +100,7 @@ class FineTuneRun:
         adapter = adapter_id(self.job.job_id)
         files = self.context.adapters.store(self.job.tenant_id, adapter, outcome.adapter_dir)
         size = sum(int(f["size"]) for f in files.values())
+        self._drop_checkpoints()
         self.event(
             f"Training finished at step {outcome.steps}: train loss "
             f"{_fmt(outcome.train_loss)}, validation loss {_fmt(outcome.eval_loss)}; "
@@ -151,6 +152,8 @@ class FineTuneRun:
 
     def on_checkpoint(self, directory: Path, step: int) -> None:
         """Upload the checkpoint, then point the job at it; the previous one goes."""
+        if self.lost:
+            return  # nothing would point at it
         prefix = f"finetunes/{self.job.tenant_id}/{self.job.job_id}/a{self.job.attempt}-s{step}"
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             relative = path.relative_to(directory).as_posix()
@@ -174,9 +177,17 @@ class FineTuneRun:
         kind: str = "message",
         level: str = "info",
     ) -> None:
-        self.context.finetunes.record(
-            self.job.job_id, self.job.tenant_id, message, data, kind=kind, level=level
+        written = self.context.finetunes.record(
+            self.job.job_id,
+            self.job.tenant_id,
+            message,
+            data,
+            kind=kind,
+            level=level,
+            attempt=self.job.attempt,
         )
+        if not written:
+            self.lost = True
 
     def _report(self) -> bool:
         if not self.lifecycle.report(self.job.job_id, self.job.attempt, self.progress):
@@ -184,6 +195,16 @@ class FineTuneRun:
             self.lost = True
             return False
         return True
+
+    def _drop_checkpoints(self) -> None:
+        """Training is over and the adapter stored: its checkpoints are of no more use
+        (a cancelled or failed job keeps its last one)."""
+        self.progress.pop("checkpoint_key", None)
+        if not self._report():
+            return
+        prefix = f"finetunes/{self.job.tenant_id}/{self.job.job_id}/"
+        for key in self.context.artifacts.list(prefix):
+            self.context.artifacts.delete(key)
 
     def _fetch_checkpoint(self, scratch: Path) -> Path | None:
         prefix = self.progress.get("checkpoint_key")

@@ -38,6 +38,7 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
+from jobs.finetune_specs import EXPERT_PROJECTIONS
 from workers.lora_data import FeatureDataset, encode_example, feature_datasets, training_tokenizer
 
 __all__ = [
@@ -56,10 +57,6 @@ CHECKPOINTS_KEPT = 2  # Trainer deletes older ones; the hook has copied each alr
 # Written into each checkpoint, read by no resume: peft's model card and a pickle of the
 # TrainingArguments (resuming takes the arguments from `params`, not from the checkpoint).
 UNREAD_CHECKPOINT_FILES = ("README.md", "training_args.bin")
-# Names that peft maps onto a MoE's routed experts (3-D parameters) instead of Linear layers.
-EXPERT_PROJECTIONS = frozenset(
-    {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "w1", "w2", "w3"}
-)
 _QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 _QKVO_MODELS = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 _ATTENTION_TARGETS: dict[str, tuple[str, ...]] = {
