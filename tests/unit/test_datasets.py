@@ -55,16 +55,18 @@ def test_every_bad_line_is_named_without_its_content() -> None:
         {"messages": [{"role": "user", "content": "q", "weight": 1}]},  # line 10
         {"prompt": "p", "completion": "c", "extra": True},  # line 11
         {"prompt": 5, "completion": "c"},  # line 12: strict types
+        {"prompt": "p", "completion": "c", secret: 1},  # line 13: a key that is PII
     )
     with pytest.raises(DatasetError) as caught:
         parse(data, MASKER, min_examples=1, max_examples=100)
     numbers = [n for n, _ in caught.value.lines]
-    assert numbers == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert numbers == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     message = str(caught.value)
     assert "line 3: empty line" in message
     assert "line 4: not valid JSON" in message
     assert "line 8:" in message and "assistant" in message
     assert "line 11: extra" in message
+    assert "line 13: <key>" in message
     assert secret not in message
 
 
