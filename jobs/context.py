@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.adapters import AdapterService
+from jobs.catalog import JobKind
 from jobs.files import FileService
 from jobs.finetunes import FineTuneService
 from jobs.indexes import IndexService
@@ -80,6 +81,7 @@ class JobsContext:
         )
         indexes = IndexService(sessions, models, service, artifacts)
         finetunes = FineTuneService(sessions, service, files, models)
+        service.checks[JobKind.FINETUNE] = finetunes.check  # dataset checks at submit
         adapters = AdapterService(sessions, artifacts)
         return cls(
             settings=settings,

@@ -61,7 +61,6 @@ class FineTuneService:
         self.jobs = jobs
         self.files = files
         self.models = models
-        jobs.checks[JobKind.FINETUNE] = self.check
 
     # --- submit -------------------------------------------------------------------------
 
@@ -83,7 +82,8 @@ class FineTuneService:
         return FineTuningJobView.from_job(submitted.job, who.tenant_name)
 
     def check(self, who: Principal, parsed: BaseModel) -> None:
-        """The kind check JobService runs before a finetune job is committed."""
+        """The kind check JobService runs before a finetune job is committed (registered
+        in `JobsContext.create`)."""
         assert isinstance(parsed, FineTuneSpec)
         if self.jobs.masker.mask(parsed.adapter).counts:
             raise SpecError("suffix: an adapter's name must not hold personal data")
