@@ -18,6 +18,12 @@ from storage.settings import StorageSettings
 from workers.app import READY_MESSAGE
 
 TINY_MODEL = "tiny-deepseek"
+# Training on the CPU next to five other worker processes: with torch's default of one
+# thread per core, the tiny model's LoRA steps took ~0.4 s each (OpenMP threads stall
+# whenever another process wakes); with one thread, 60 steps take ~1.5 s (measured).
+WORKER_ENV = {
+    "worker-finetune": {"SEEKQ_TORCH_THREADS": os.environ.get("SEEKQ_TORCH_THREADS", "1")}
+}
 
 
 @dataclass
@@ -105,8 +111,9 @@ class EmbeddedStack:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
         command = [sys.executable, "-m", "seekq", *args]
+        env = {**self.env(), **WORKER_ENV.get(name, {})}
         self.children[name] = subprocess.Popen(
-            command, env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            command, env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
     def _wait_ready(self, deadline: float) -> None:
