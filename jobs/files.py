@@ -87,24 +87,16 @@ class FileService:
             raise _renamed(error, masked_name) from None
         counts: Counter[str] = Counter(masked.counts)
         stored = [self._masked(d, name, masked_name, counts) for d in extraction.documents]
-        file_id = f"file-{uuid.uuid4().hex}"
-        info = self.artifacts.put(_key(who.tenant_id, file_id), _encode(stored))
         row = FileRow(
-            id=file_id,
-            tenant_id=who.tenant_id,
             filename=masked_name,
             purpose=purpose,
             size_bytes=len(data),
             media_type=stored[0].document.media_type if stored else "application/jsonl",
-            sha256=info.sha256,
-            artifact_key=info.key,
             documents=len(stored),
             status_details=_details(extraction.errors, masked_name),
             entity_counts=dict(counts),
-            created_at=datetime.now(UTC),
         )
-        self._commit(who, row)
-        return FileView.from_row(row)
+        return self._save(who, row, _encode(stored))
 
     def _upload_dataset(
         self, who: Principal, masked_name: str, name_counts: dict[str, int], data: bytes
@@ -114,23 +106,24 @@ class FileService:
             raise DatasetError(f"training file is larger than {self.max_file_bytes} bytes")
         low, high = self.dataset_limits
         dataset = parse_dataset(data, self.masker, min_examples=low, max_examples=high)
-        file_id = f"file-{uuid.uuid4().hex}"
-        info = self.artifacts.put(_key(who.tenant_id, file_id), encode_examples(dataset.examples))
-        counts = Counter(name_counts) + Counter(dataset.entity_counts)
         row = FileRow(
-            id=file_id,
-            tenant_id=who.tenant_id,
             filename=masked_name,
             purpose=FINE_TUNE,
             size_bytes=len(data),
             media_type="application/jsonl",
-            sha256=info.sha256,
-            artifact_key=info.key,
             documents=len(dataset.examples),
             status_details=None,
-            entity_counts=dict(counts),
-            created_at=datetime.now(UTC),
+            entity_counts=dict(Counter(name_counts) + Counter(dataset.entity_counts)),
         )
+        return self._save(who, row, encode_examples(dataset.examples))
+
+    def _save(self, who: Principal, row: FileRow, content: bytes) -> FileView:
+        """Store the masked content, then its row and audit event (one transaction)."""
+        row.id = f"file-{uuid.uuid4().hex}"
+        row.tenant_id = who.tenant_id
+        info = self.artifacts.put(_key(who.tenant_id, row.id), content)
+        row.sha256, row.artifact_key = info.sha256, info.key
+        row.created_at = datetime.now(UTC)
         self._commit(who, row)
         return FileView.from_row(row)
 
