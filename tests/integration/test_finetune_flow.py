@@ -6,10 +6,13 @@ completion the base model never produces, and generate jobs show it at once.
 """
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -386,3 +389,49 @@ def _finetune_jobs(stack: Stack) -> int:
     with stack.context.sessions() as session:
         query = select(func.count()).select_from(JobRow).where(JobRow.kind == "finetune")
         return int(session.scalar(query) or 0)
+
+
+def test_seekq_finetune_cli_follows_the_job_to_its_adapter(
+    stack: Stack, workers: Workers, tmp_path: Path
+) -> None:
+    env = stack_env(
+        stack.database_url,
+        stack.redis_db,
+        stack.tmp,
+        SEEKQ_URL=stack.url,
+        SEEKQ_API_KEY=stack.key("acme"),
+    )
+
+    def seekq(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "seekq", "finetune", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+
+    data = tmp_path / "support.jsonl"
+    data.write_bytes(dataset(ALPHA))
+    name = unique("cli")
+    done = seekq(
+        str(data),
+        "--base",
+        TINY_MODEL,
+        "--name",
+        name,
+        "--steps",
+        "40",
+        "--lr",
+        "3e-3",
+        "--checkpoint-every",
+        "20",
+        "--json",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["fine_tuned_model"] == f"{TINY_MODEL}:{name}"
+    assert job["seekq"]["result"]["steps"] == 40
+    again = seekq(str(data), "--base", TINY_MODEL, "--name", name, "--steps", "2")
+    assert again.returncode == 1 and "409 adapter_exists" in " ".join(again.stdout.split())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(dataset(ALPHA, 12) + b"\n{}\n")
+    refused = seekq(str(bad), "--base", TINY_MODEL)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    shown = " ".join(refused.stdout.split())
+    assert "400 invalid_training_file" in shown and "line 13: empty line" in shown
