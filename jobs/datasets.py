@@ -124,8 +124,36 @@ def count_tokens(example: dict[str, Any], fmt: PromptFormat) -> int:
     return len(fmt.tokenizer.encode(text, add_special_tokens=True).ids) + 1
 
 
-def check_lengths(examples: list[dict[str, Any]], fmt: PromptFormat, limit: int, what: str) -> int:
-    """The examples' total tokens; raises DatasetError naming every example over `limit`."""
+def check_turns(example: dict[str, Any], fmt: PromptFormat) -> None:
+    """Completion-only training finds each trained assistant turn as the text between the
+    conversation rendered up to it (with the generation prompt) and rendered through it;
+    a template that rewrites earlier turns (dropping past reasoning, say) breaks that, and
+    training would refuse the example. Refused here instead, before anything is queued."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    whole = fmt.render_messages(turns, add_generation_prompt=False)
+    for i, message in enumerate(example["messages"]):
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+            continue
+        before = fmt.render_messages(turns[:i], add_generation_prompt=True)
+        through = fmt.render_messages(turns[: i + 1], add_generation_prompt=False)
+        if not (through.startswith(before) and whole.startswith(through)):
+            raise SpecError(
+                f"the model's chat template does not render assistant turn {i} after the "
+                "turns before it, so its tokens cannot be located (send prompt/completion "
+                "examples, or set completion_only false)"
+            )
+
+
+def check_lengths(
+    examples: list[dict[str, Any]],
+    fmt: PromptFormat,
+    limit: int,
+    what: str,
+    *,
+    completion_only: bool = True,
+) -> int:
+    """The examples' total tokens; raises DatasetError naming every example over `limit`,
+    and every chat example whose trained turns the template cannot delimit."""
     if any("messages" in e for e in examples) and fmt.chat_template is None:
         raise DatasetError(f"{what}: chat examples need a model with a chat template")
     total = 0
@@ -133,7 +161,9 @@ def check_lengths(examples: list[dict[str, Any]], fmt: PromptFormat, limit: int,
     for example in examples:
         try:
             tokens = count_tokens(example, fmt)
-        except SpecError as exc:  # the chat template refused this conversation
+            if completion_only and "messages" in example:
+                check_turns(example, fmt)
+        except SpecError as exc:  # the chat template refused or garbles this conversation
             too_long.append((example["line"], str(exc)))
             continue
         total += tokens

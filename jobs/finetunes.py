@@ -91,11 +91,14 @@ class FineTuneService:
         _check_targets(parsed, read_model_config(resolve_source(entry.source)) or {})
         self._check_name_free(who, parsed)
         fmt = self.jobs.prompts.get(entry)
+        only = parsed.hyperparameters.completion_only
         training = self.files.examples(who.tenant_id, parsed.training_file).examples
-        check_lengths(training, fmt, fmt.context_length, "training file")
+        check_lengths(training, fmt, fmt.context_length, "training file", completion_only=only)
         if parsed.validation_file is not None:
             validation = self.files.examples(who.tenant_id, parsed.validation_file).examples
-            check_lengths(validation, fmt, fmt.context_length, "validation file")
+            check_lengths(
+                validation, fmt, fmt.context_length, "validation file", completion_only=only
+            )
 
     def _check_name_free(self, who: Principal, spec: FineTuneSpec) -> None:
         with self.sessions() as session:

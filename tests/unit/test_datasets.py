@@ -146,3 +146,33 @@ def test_file_paths_are_not_read(tmp_path: Path) -> None:
     """A training_file is an uploaded file's id, never a path on the server."""
     with pytest.raises(ValueError):
         FineTuneCreate.model_validate({"model": "t", "training_file": "x" * 65})
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused_per_line(
+    tiny_format: PromptFormat,
+) -> None:
+    """A template that drops past assistant turns' text (as reasoning models' do) cannot
+    delimit them: refused before queueing, naming the line; fine without completion_only."""
+    from dataclasses import replace
+
+    dropping = replace(
+        tiny_format,
+        chat_template=(
+            "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+            "<|assistant|></s>{% else %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+        ),
+    )
+    chat = {
+        "line": 4,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "and?"},
+            {"role": "assistant", "content": "bye"},
+        ],
+    }
+    assert check_lengths([chat], tiny_format, 512, "training file") > 0
+    with pytest.raises(DatasetError, match="line 4: the model's chat template does not render"):
+        check_lengths([chat], dropping, 512, "training file")
+    assert check_lengths([chat], dropping, 512, "training file", completion_only=False) > 0
