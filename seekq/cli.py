@@ -10,7 +10,7 @@ from rich.console import Console
 
 from seekq import logs
 from seekq.client_commands import audit_command, generate_command, jobs_app, submit_command
-from seekq.finetune_commands import finetune_command
+from seekq.finetune_commands import adapters_app, finetune_command
 from seekq.index_commands import INGEST_HELP, ingest_command, search_command
 
 app = typer.Typer(help="seekq: queue-native jobs for LLM workloads.", no_args_is_help=True)
@@ -27,6 +27,7 @@ app.command("generate")(generate_command)
 app.command("ingest", help=INGEST_HELP)(ingest_command)
 app.command("search")(search_command)
 app.command("finetune")(finetune_command)
+app.add_typer(adapters_app, name="adapters")
 console = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from api_gateway.client import SeekqClient
 from seekq.client_commands import (
@@ -29,6 +30,7 @@ from seekq.client_commands import (
     open_client,
 )
 
+adapters_app = typer.Typer(help="The tenant's fine-tuned LoRA adapters.", no_args_is_help=True)
 console = Console()
 POLL_S = 0.5
 EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
@@ -168,3 +170,40 @@ def show_fine_tune(job: dict[str, Any]) -> None:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+@adapters_app.command("list")
+def adapters_list(
+    url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "", as_json: JsonOpt = False
+) -> None:
+    """Fine-tuned adapters of this tenant (use them as `--model <base>:<name>`)."""
+    with open_client(url, api_key) as client:
+        models = call_api(client.list_models)["data"]
+    adapters = [m for m in models if "base_model" in m]
+    if as_json:
+        typer.echo(json.dumps(adapters, indent=2))
+        return
+    table = Table("model", "steps", "train loss", "validation loss", "bytes", "job")
+    for adapter in adapters:
+        metrics = adapter["metrics"]
+        table.add_row(
+            adapter["id"],
+            str(metrics.get("steps")),
+            _num(metrics.get("train_loss")),
+            _num(metrics.get("eval_loss")),
+            str(adapter["size_bytes"]),
+            adapter["fine_tuning_job"],
+        )
+    console.print(table)
+
+
+@adapters_app.command("delete")
+def adapters_delete(
+    model: Annotated[str, typer.Argument(help="<base>:<name>")],
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = "",
+) -> None:
+    """Delete a fine-tuned adapter (generate jobs can no longer use it)."""
+    with open_client(url, api_key) as client:
+        call_api(client.delete_model, model)
+    console.print(f"deleted {model}")

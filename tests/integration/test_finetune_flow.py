@@ -427,6 +427,16 @@ def test_seekq_finetune_cli_follows_the_job_to_its_adapter(
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded" and job["fine_tuned_model"] == f"{TINY_MODEL}:{name}"
     assert job["seekq"]["result"]["steps"] == 40
+    listed = subprocess.run(
+        [sys.executable, "-m", "seekq", "adapters", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    mine = {a["id"]: a for a in json.loads(listed.stdout)}
+    assert mine[f"{TINY_MODEL}:{name}"]["metrics"]["steps"] == 40
     again = seekq(str(data), "--base", TINY_MODEL, "--name", name, "--steps", "2")
     assert again.returncode == 1 and "409 adapter_exists" in " ".join(again.stdout.split())
     bad = tmp_path / "bad.jsonl"
