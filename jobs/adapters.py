@@ -4,9 +4,10 @@ An adapter is a plain PEFT directory (adapter_config.json + adapter_model.safete
 stored under `adapters/<tenant>/<adapter id>/`; `PeftModel.from_pretrained` loads a copy
 of it outside seekq. It is served as the model `<base>:<name>` to its tenant only.
 
-The adapter row is written in the same transaction that marks its fine-tune job
-succeeded (`register_adapter`, the catalog's on-success effect for the kind), so an
-adapter exists exactly when its job succeeded, once, whatever the retries.
+The adapter row is written with its fine-tune job (`reserve_adapter`, the kind's
+on-submit effect: the name is reserved, status "training") and made ready in the same
+transaction that marks the job succeeded (`register_adapter`, the on-success effect), so
+an adapter is served exactly when its job succeeded, once, whatever the retries.
 """
 
 import hashlib
@@ -28,9 +29,12 @@ from jobs.lifecycle import Claim
 from jobs.registry import split_model
 from storage.artifacts import ArtifactStore
 from storage.finetune_repos import AdapterRepo
-from storage.tables import AdapterRow
+from storage.repos import JobRepo
+from storage.tables import AdapterRow, JobRow
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A reservation whose job is in one of these still holds its name.
+LIVE_STATUSES = ("queued", "running", "cancelling")
 
 
 def adapter_id(job_id: str) -> str:
@@ -71,18 +75,67 @@ class AdapterView(BaseModel):
         )
 
 
-def register_adapter(session: Session, *, claim: Claim, result: dict[str, Any]) -> None:
-    """Insert the adapter row of a succeeding fine-tune job (inside its success write).
-    A replay of the same job finds its own row and does nothing."""
-    tenant_id, job_id = claim.tenant_id, claim.job_id
+def name_taken(session: Session, tenant_id: str, spec: FineTuneSpec) -> str | None:
+    """Why `spec`'s adapter name cannot be used now, or None. A reservation left by a
+    failed or cancelled fine-tune is removed here: its name is free again."""
     repo = AdapterRepo(session)
-    if repo.find_by_job(job_id) is not None:
+    row = repo.find(tenant_id, spec.model, spec.adapter, status=None)
+    if row is None:
+        return None
+    if row.status == "ready":
+        return (
+            f"a fine-tuned model named '{spec.model_name}' exists; delete it first "
+            "(DELETE /v1/models/{model}) or choose another suffix"
+        )
+    state = JobRepo(session).find_state(row.job_id)
+    if state is not None and state[0] in LIVE_STATUSES:
+        return f"fine-tuning job {row.job_id} is already making '{spec.model_name}'"
+    repo.remove(row)
+    return None
+
+
+def reserve_adapter(session: Session, *, job: JobRow) -> None:
+    """The fine-tune's on-submit effect: reserve the adapter's name in the transaction
+    that commits the job (unique per tenant and base), so two fine-tunes can never train
+    towards one name; the second is refused at submit (409)."""
+    spec = FineTuneSpec.from_stored(job.spec)
+    taken = name_taken(session, job.tenant_id, spec)
+    if taken is not None:
+        raise AdapterExistsError(taken)
+    adapter = adapter_id(job.id)
+    row = AdapterRow(
+        id=adapter,
+        tenant_id=job.tenant_id,
+        base_model=spec.model,
+        name=spec.adapter,
+        job_id=job.id,
+        status="training",
+        training_file=spec.training_file,
+        hyperparameters=spec.hyperparameters.model_dump(mode="json"),
+        metrics={},
+        artifact_prefix=adapter_prefix(job.tenant_id, adapter),
+        files={},
+        created_at=datetime.now(UTC),
+    )
+    try:
+        with session.begin_nested():  # a savepoint: only this insert fails on a race
+            AdapterRepo(session).add(row)
+    except IntegrityError:
+        raise AdapterExistsError(f"'{spec.model_name}' was taken meanwhile") from None
+
+
+def register_adapter(session: Session, *, claim: Claim, result: dict[str, Any]) -> None:
+    """The fine-tune's on-success effect: its reserved adapter becomes ready, inside the
+    job's success write. A replay of the same job finds it ready and does nothing."""
+    row = AdapterRepo(session).find_by_job(claim.job_id)
+    if row is None:  # the reservation was removed (the adapter deleted mid-training)
+        raise AdapterExistsError("the adapter's reservation is gone; submit the job again")
+    if row.status == "ready":
         return
-    spec = FineTuneSpec.from_stored(claim.spec)
     made = FineTuneResult.model_validate(result)
-    if repo.find(tenant_id, spec.model, spec.adapter) is not None:
-        raise AdapterExistsError(f"an adapter named '{spec.model_name}' was registered meanwhile")
-    metrics = {
+    row.status = "ready"
+    row.dataset_sha256 = made.dataset_sha256
+    row.metrics = {
         "train_loss": made.train_loss,
         "eval_loss": made.eval_loss,
         "steps": made.steps,
@@ -90,26 +143,10 @@ def register_adapter(session: Session, *, claim: Claim, result: dict[str, Any]) 
         "trainable_params": made.trainable_params,
         "total_params": made.total_params,
     }
-    row = AdapterRow(
-        id=made.adapter_id,
-        tenant_id=tenant_id,
-        base_model=spec.model,
-        name=spec.adapter,
-        job_id=job_id,
-        training_file=spec.training_file,
-        dataset_sha256=made.dataset_sha256,
-        hyperparameters=spec.hyperparameters.model_dump(mode="json"),
-        metrics=metrics,
-        artifact_prefix=adapter_prefix(tenant_id, made.adapter_id),
-        files=made.adapter_files,
-        size_bytes=made.adapter_bytes,
-        created_at=datetime.now(UTC),
-    )
-    try:
-        with session.begin_nested():  # a savepoint: the race loser's insert alone fails
-            repo.add(row)
-    except IntegrityError:
-        raise AdapterExistsError(f"an adapter named '{spec.model_name}' exists already") from None
+    row.files = made.adapter_files
+    row.size_bytes = made.adapter_bytes
+    row.created_at = datetime.now(UTC)
+    session.flush()
 
 
 class AdapterService:
@@ -141,7 +178,7 @@ class AdapterService:
             repo = AdapterRepo(session)
             base, name = split_model(model)
             row = repo.find(who.tenant_id, base, name) if name else None
-            if row is None:
+            if row is None:  # a name still training is not a model yet: cancel its job
                 raise ModelNotFoundError(f"no fine-tuned model named '{model}'")
             prefix = row.artifact_prefix
             repo.remove(row)

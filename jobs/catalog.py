@@ -6,12 +6,13 @@ Routes, Celery tasks, routing, validation and masking are all derived from this 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy.orm import Session
 
-from jobs.adapters import register_adapter
+from jobs.adapters import register_adapter, reserve_adapter
 from jobs.errors import KindNotAvailableError, SpecError
 from jobs.finetune_specs import FineTuneResult, FineTuneSpec
 from jobs.index_specs import IndexResult, IndexSpec, SearchResult, SearchSpec
@@ -27,6 +28,13 @@ from jobs.specs import (
     StrictModel,
     describe_validation_error,
 )
+from storage.tables import JobRow
+
+
+class SubmitEffect(Protocol):
+    """Rows a job's submit writes with it, in the same transaction as the job row."""
+
+    def __call__(self, session: Session, *, job: JobRow) -> None: ...
 
 
 class JobKind(StrEnum):
@@ -50,7 +58,9 @@ class KindEntry:
     pii_fields: tuple[str, ...]
     # The kind of model the spec's `model` field must name (None: the kind takes no model).
     model_kind: ModelKind | None = None
-    # Rows written with the job's success, in the same transaction (a fine-tune's adapter).
+    # Rows written with the job's submit / its success, in the same transaction as the job
+    # row / its succeeded write (a fine-tune reserves its adapter's name, then readies it).
+    on_submit: SubmitEffect | None = None
     on_success: Effect | None = None
 
     @property
@@ -94,6 +104,7 @@ CATALOG: Mapping[JobKind, KindEntry] = {
         24 * 3600.0,
         ("metadata",),
         ModelKind.CAUSAL_LM,
+        on_submit=reserve_adapter,
         on_success=register_adapter,
     ),
     JobKind.PING: KindEntry(JobKind.PING, PingSpec, PingResult, "cpu.ping", 30.0, ("payload",)),

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.adapters import name_taken
 from jobs.catalog import JobKind
 from jobs.datasets import check_lengths
 from jobs.errors import AdapterExistsError, JobNotFoundError, SpecError
@@ -35,7 +36,7 @@ from jobs.records import JobView
 from jobs.registry import ModelKind, ModelRegistry, read_model_config, resolve_source
 from jobs.service import JobService
 from jobs.status import JobStatus
-from storage.finetune_repos import AdapterRepo, FineTuneEventRepo, live_fine_tunes
+from storage.finetune_repos import FineTuneEventRepo
 from storage.repos import JobPageQuery, JobRepo
 from storage.tables import FineTuneEventRow
 
@@ -101,17 +102,11 @@ class FineTuneService:
             )
 
     def _check_name_free(self, who: Principal, spec: FineTuneSpec) -> None:
-        with self.sessions() as session:
-            if AdapterRepo(session).find(who.tenant_id, spec.model, spec.adapter) is not None:
-                raise AdapterExistsError(
-                    f"a fine-tuned model named '{spec.model_name}' exists; delete it first "
-                    "(DELETE /v1/models/{model}) or choose another suffix"
-                )
-            for row in live_fine_tunes(session, who.tenant_id, LIVE):
-                if (row.spec.get("model"), row.spec.get("adapter")) == (spec.model, spec.adapter):
-                    raise AdapterExistsError(
-                        f"fine-tuning job {row.id} is already making '{spec.model_name}'"
-                    )
+        """An early, friendly answer; the job's commit reserves the name for good."""
+        with self.sessions.begin() as session:
+            taken = name_taken(session, who.tenant_id, spec)
+        if taken is not None:
+            raise AdapterExistsError(taken)
 
     # --- read ---------------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ class JobService:
         if entry.kind in self.checks:
             self.checks[entry.kind](who, parsed)
         try:
-            self._commit_new(who, row, counts)
+            self._commit_new(who, entry, row, counts)
         except IntegrityError:
             # A concurrent submit with the same idempotency key won the race.
             replay = self._replay(who, idempotency_key, request_hash) if idempotency_key else None
@@ -255,11 +255,15 @@ class JobService:
         )
         return row, counts
 
-    def _commit_new(self, who: Principal, row: JobRow, counts: dict[str, int]) -> None:
+    def _commit_new(
+        self, who: Principal, entry: KindEntry, row: JobRow, counts: dict[str, int]
+    ) -> None:
         with self.sessions.begin() as session:
             JobRepo(session).insert(row)  # first: the audit event references it
             event = audit_event(who, "job.submitted", row.spec, counts, job_id=row.id)
             AuditRepo(session).insert(event)
+            if entry.on_submit is not None:
+                entry.on_submit(session, job=row)
 
     def _dispatch(self, entry: KindEntry, row: JobRow) -> None:
         """Publish after commit. A failure leaves the job queued; publishing it again later

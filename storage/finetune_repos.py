@@ -1,11 +1,11 @@
 """Repositories of the fine-tune tables: adapters and fine-tune events."""
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.tables import AdapterRow, FineTuneEventRow, JobRow
+from storage.tables import AdapterRow, FineTuneEventRow
 
 
 class AdapterRepo:
@@ -15,19 +15,27 @@ class AdapterRepo:
     def add(self, row: AdapterRow) -> None:
         self.session.add(row)
 
-    def find(self, tenant_id: str, base_model: str, name: str) -> AdapterRow | None:
+    def find(
+        self, tenant_id: str, base_model: str, name: str, status: str | None = "ready"
+    ) -> AdapterRow | None:
+        """The adapter of that name (`status` None: ready or still training)."""
         query = select(AdapterRow).where(
             AdapterRow.tenant_id == tenant_id,
             AdapterRow.base_model == base_model,
             AdapterRow.name == name,
         )
+        if status is not None:
+            query = query.where(AdapterRow.status == status)
         return self.session.scalar(query)
 
     def find_by_job(self, job_id: str) -> AdapterRow | None:
         return self.session.scalar(select(AdapterRow).where(AdapterRow.job_id == job_id))
 
     def all(self, tenant_id: str) -> Sequence[AdapterRow]:
-        query = select(AdapterRow).where(AdapterRow.tenant_id == tenant_id)
+        """The tenant's ready adapters."""
+        query = select(AdapterRow).where(
+            AdapterRow.tenant_id == tenant_id, AdapterRow.status == "ready"
+        )
         return self.session.scalars(query.order_by(AdapterRow.base_model, AdapterRow.name)).all()
 
     def remove(self, row: AdapterRow) -> None:
@@ -48,11 +56,3 @@ class FineTuneEventRepo:
         if before_id is not None:
             query = query.where(FineTuneEventRow.id < before_id)
         return self.session.scalars(query.order_by(FineTuneEventRow.id.desc()).limit(limit)).all()
-
-
-def live_fine_tunes(session: Session, tenant_id: str, statuses: Collection[str]) -> list[JobRow]:
-    """The tenant's fine-tune jobs in `statuses` (queued or running: a handful at most)."""
-    query = select(JobRow).where(
-        JobRow.tenant_id == tenant_id, JobRow.kind == "finetune", JobRow.status.in_(statuses)
-    )
-    return list(session.scalars(query).all())

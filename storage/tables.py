@@ -210,7 +210,9 @@ class ChunkRow(Base):
 class AdapterRow(Base):
     """A LoRA adapter made by a fine-tune job: a PEFT directory in the artifact store
     (`artifact_prefix`/adapter_config.json and adapter_model.safetensors), served as the
-    model `<base_model>:<name>` to its tenant only."""
+    model `<base_model>:<name>` to its tenant only. The row is written when the job is
+    submitted (`status` "training": the name is reserved) and filled in when it succeeds
+    ("ready"); only ready adapters are listed and served."""
 
     __tablename__ = "adapters"
     __table_args__ = (
@@ -222,13 +224,14 @@ class AdapterRow(Base):
     base_model: Mapped[str] = mapped_column(String(128))
     name: Mapped[str] = mapped_column(String(128))
     job_id: Mapped[str] = mapped_column(String(36), unique=True)
+    status: Mapped[str] = mapped_column(String(8), default="ready")  # training | ready
     training_file: Mapped[str] = mapped_column(String(40))
-    dataset_sha256: Mapped[str] = mapped_column(String(64))  # of the masked training set
+    dataset_sha256: Mapped[str] = mapped_column(String(64), default="")  # masked training set
     hyperparameters: Mapped[dict[str, Any]]
     metrics: Mapped[dict[str, Any]]
     artifact_prefix: Mapped[str] = mapped_column(String(512))
     files: Mapped[dict[str, Any]]  # file name -> {"size": bytes, "sha256": hex}
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

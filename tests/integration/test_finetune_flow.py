@@ -326,7 +326,8 @@ def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(
     assert progress["checkpoint_step"] >= 5
     job_id = done.model_extra["seekq"]["job_id"]
     with stack.context.sessions() as session:
-        assert session.scalar(select(AdapterRow).where(AdapterRow.job_id == job_id)) is None
+        status = session.scalar(select(AdapterRow.status).where(AdapterRow.job_id == job_id))
+    assert status == "training"  # its name stays reserved until reused; never ready
     kept = [k for k in stack.context.artifacts.list("finetunes/") if job_id in k]
     assert any(k.endswith("adapter_model.safetensors") for k in kept)
 
@@ -445,3 +446,37 @@ def test_seekq_finetune_cli_follows_the_job_to_its_adapter(
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     shown = " ".join(refused.stdout.split())
     assert "400 invalid_training_file" in shown and "line 13: empty line" in shown
+
+
+def test_an_adapter_name_is_reserved_at_submit(stack: Stack, workers: Workers) -> None:
+    """Two fine-tunes can never train towards one name: the second is refused at submit;
+    the name is free again once the first is cancelled."""
+    client = openai_client(stack)
+    training = upload(client, dataset(ALPHA))
+    name = unique("reserved")
+    long = {**TRAIN, "max_steps": 5000, "checkpoint_every": 1000}
+
+    def create(**params: Any) -> Any:
+        return client.fine_tuning.jobs.create(
+            model=TINY_MODEL, training_file=training, suffix=name, extra_body={"seekq": params}
+        )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda _: _attempt(lambda: create(**long)), range(4)))
+    made = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, openai.ConflictError)]
+    assert len(made) == 1 and len(refused) == 3, outcomes
+    client.fine_tuning.jobs.cancel(made[0].id)
+    assert wait_done(client, made[0].id, 60).status == "cancelled"
+    with pytest.raises(openai.NotFoundError):
+        greedy(stack, f"{TINY_MODEL}:{name}")  # a reservation is not a model
+    again = wait_done(client, create(max_steps=2, checkpoint_every=100).id)
+    assert again.status == "succeeded", again.error
+    assert again.fine_tuned_model == f"{TINY_MODEL}:{name}"
+
+
+def _attempt(call: Any) -> Any:
+    try:
+        return call()
+    except openai.APIError as exc:
+        return exc

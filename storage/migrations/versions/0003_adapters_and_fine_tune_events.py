@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("base_model", sa.String(length=128), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("job_id", sa.String(length=36), nullable=False),
+        sa.Column("status", sa.String(length=8), nullable=False),
         sa.Column("training_file", sa.String(length=40), nullable=False),
         sa.Column("dataset_sha256", sa.String(length=64), nullable=False),
         sa.Column(
