@@ -31,6 +31,7 @@ from jobs.finetune_specs import FineTuneHyperparameters, FineTuneResult, FineTun
 from jobs.lifecycle import Lifecycle
 from jobs.registry import ModelKind, resolve_source
 from storage.settings import get_storage_settings
+from workers.metrics import GenerationMetrics
 from workers.pool import ModelPool
 from workers.runners import RunningJob
 from workers.training import LoraHyperparameters, TrainingEvent, TrainingOutcome, train_lora
@@ -43,23 +44,42 @@ def run_finetune(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel
     context = pool.context
     if context is None:
         raise ConfigError("fine-tune jobs need the worker's job context")
-    run = FineTuneRun(context, job, spec)
+    metrics = pool.metrics if isinstance(pool.metrics, GenerationMetrics) else None
+    run = FineTuneRun(context, job, spec, metrics)
+    outcome = "failed"
     try:
-        return run.train(pool.settings.device)
-    except (JobCancelledError, RetryableError):
+        result = run.train(pool.settings.device)
+        outcome = "succeeded"
+        return result
+    except JobCancelledError:
+        outcome = "cancelled"
+        raise
+    except RetryableError:
         raise
     except Exception as exc:
         run.event(f"Fine-tuning failed: {type(exc).__name__}: {exc}"[:2000], level="error")
         raise
+    finally:
+        if metrics is not None:
+            resumed = bool(run.progress.get("resumed_from_step"))
+            metrics.observe_finetune_end(spec.model, outcome, resumed)
 
 
 class FineTuneRun:
     """One attempt of one fine-tune job: the TrainingHooks train_lora calls back."""
 
-    def __init__(self, context: JobsContext, job: RunningJob, spec: FineTuneSpec) -> None:
+    def __init__(
+        self,
+        context: JobsContext,
+        job: RunningJob,
+        spec: FineTuneSpec,
+        metrics: GenerationMetrics | None = None,
+    ) -> None:
         self.context = context
         self.job = job
         self.spec = spec
+        self.metrics = metrics
+        self.last_step_s = 0.0  # elapsed_s of the previous step, for the step time
         self.lifecycle: Lifecycle = context.lifecycle()
         self.progress: dict[str, Any] = self.lifecycle.progress_of(job.job_id) or {}
         self.work_dir = get_storage_settings().data_dir / "work" / "finetunes" / job.job_id
@@ -145,6 +165,11 @@ class FineTuneRun:
         )
         if event.loss is not None:
             self.progress["loss"] = event.loss
+            if self.metrics is not None:
+                # The attempt's first step also paid for loading the model: not timed.
+                step_s = event.elapsed_s - self.last_step_s if self.last_step_s else None
+                self.metrics.observe_finetune_step(self.spec.model, step_s, event.loss)
+            self.last_step_s = event.elapsed_s
         if event.eval_loss is not None:
             self.progress["eval_loss"] = event.eval_loss
         self._report()
@@ -154,6 +179,7 @@ class FineTuneRun:
         """Upload the checkpoint, then point the job at it; the previous one goes."""
         if self.lost:
             return  # nothing would point at it
+        started = time.perf_counter()
         prefix = f"finetunes/{self.job.tenant_id}/{self.job.job_id}/a{self.job.attempt}-s{step}"
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             relative = path.relative_to(directory).as_posix()
@@ -166,6 +192,8 @@ class FineTuneRun:
             for key in self.context.artifacts.list(previous + "/"):
                 self.context.artifacts.delete(key)
         self.event(f"Checkpoint saved at step {step}", {"step": step})
+        if self.metrics is not None:
+            self.metrics.observe_checkpoint(self.spec.model, time.perf_counter() - started)
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one worker process: generation counts, batch sizes, MoE expert use.
+"""Prometheus metrics of one worker process: generation counts, batch sizes, MoE expert
+use, and fine-tune training (steps, step time, loss, checkpoints, outcomes).
 
 Each `GenerationMetrics` owns its own `CollectorRegistry` (no module globals), served by
 `serve()` for Prometheus to scrape. Labels carry model names (validated by the registry)
@@ -24,7 +25,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -32,6 +33,8 @@ DEFAULT_WINDOW_S = 300.0
 FINISH_REASONS = frozenset({"stop", "length", "cancelled", "error"})
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 FIRST_TOKEN_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STEP_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+FINETUNE_OUTCOMES = frozenset({"succeeded", "cancelled", "failed"})
 
 
 @dataclass
@@ -133,6 +136,56 @@ class GenerationMetrics:
             registry=self.registry,
         )
         self.registry.register(ExpertCollector(self))
+        self._add_finetune_metrics()
+
+    def _add_finetune_metrics(self) -> None:
+        self.finetune_steps = Counter(
+            "seekq_finetune_steps",
+            "Optimizer steps of fine-tune jobs, by base model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.finetune_step_s = Histogram(
+            "seekq_finetune_step_seconds",
+            "Wall time of one optimizer step (forward, backward, optimizer, logging).",
+            ["model"],
+            buckets=STEP_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.finetune_loss = Gauge(
+            "seekq_finetune_train_loss",
+            "The last logged training loss of the fine-tune running on this worker.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.finetune_checkpoint_s = Histogram(
+            "seekq_finetune_checkpoint_seconds",
+            "Uploading one checkpoint to the artifact store and pointing the job at it.",
+            ["model"],
+            buckets=STEP_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.finetune_jobs = Counter(
+            "seekq_finetune_jobs",
+            "Fine-tune attempts that ended on this worker, by outcome; resumed: whether "
+            "the attempt started from a checkpoint.",
+            ["model", "outcome", "resumed"],
+            registry=self.registry,
+        )
+
+    def observe_finetune_step(self, model: str, seconds: float | None, loss: float) -> None:
+        """One optimizer step; `seconds` None when the step's time is not its own."""
+        self.finetune_steps.labels(model).inc()
+        if seconds is not None:
+            self.finetune_step_s.labels(model).observe(seconds)
+        self.finetune_loss.labels(model).set(loss)
+
+    def observe_checkpoint(self, model: str, seconds: float) -> None:
+        self.finetune_checkpoint_s.labels(model).observe(seconds)
+
+    def observe_finetune_end(self, model: str, outcome: str, resumed: bool) -> None:
+        label = outcome if outcome in FINETUNE_OUTCOMES else "failed"
+        self.finetune_jobs.labels(model, label, "true" if resumed else "false").inc()
 
     def observe_experts(
         self, model: str, counts: "np.ndarray[Any, Any]", layer_ids: list[int]

@@ -55,6 +55,7 @@ class Workers:
     finetune: WorkerProcess
     generate: WorkerProcess
     metrics_url: str
+    training_metrics_url: str
 
 
 def finetune_env(stack: Stack, **extra: str) -> dict[str, str]:
@@ -75,15 +76,22 @@ def finetune_env(stack: Stack, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def workers(stack: Stack) -> Iterator[Workers]:
-    port = free_port()
+    port, training_port = free_port(), free_port()
     finetune = WorkerProcess(
-        finetune_env(stack), stack.tmp / "finetune-worker.log", queues="gpu.finetune"
+        finetune_env(stack, SEEKQ_METRICS_PORT=str(training_port)),
+        stack.tmp / "finetune-worker.log",
+        queues="gpu.finetune",
     ).start()
     generate_env = finetune_env(stack, SEEKQ_METRICS_PORT=str(port))
     generate = WorkerProcess(
         generate_env, stack.tmp / "generate-adapters.log", queues="gpu.generate"
     ).start()
-    yield Workers(finetune, generate, f"http://127.0.0.1:{port}/metrics")
+    yield Workers(
+        finetune,
+        generate,
+        f"http://127.0.0.1:{port}/metrics",
+        f"http://127.0.0.1:{training_port}/metrics",
+    )
     finetune.stop()
     generate.stop()
 
@@ -150,6 +158,17 @@ def test_a_fine_tune_teaches_what_the_base_does_not(stack: Stack, adapters: Adap
     assert 0 < result["trainable_params"] < result["total_params"]
     assert result["adapter_bytes"] > 0
     assert result["train_loss"] > 0  # the mean over the run; events hold each step's
+
+
+def test_the_training_worker_exports_its_metrics(workers: Workers, adapters: Adapters) -> None:
+    text = httpx.get(workers.training_metrics_url, timeout=5).text
+    model = f'model="{TINY_MODEL}"'
+    steps = [line for line in text.splitlines() if line.startswith("seekq_finetune_steps_total")]
+    assert steps and model in steps[0]
+    assert float(steps[0].rsplit(" ", 1)[1]) >= 2 * TRAIN["max_steps"]  # both adapters
+    assert f'seekq_finetune_jobs_total{{{model},outcome="succeeded",resumed="false"}}' in text
+    assert "seekq_finetune_step_seconds_bucket" in text
+    assert "seekq_finetune_checkpoint_seconds_count" in text
 
 
 def test_events_report_loss_per_step(stack: Stack, adapters: Adapters) -> None:

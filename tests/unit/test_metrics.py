@@ -110,3 +110,19 @@ def test_serve_exposes_this_registry_on_a_free_port() -> None:
         metrics.close()
     assert 'seekq_moe_expert_activation_rate{model="tiny"} 0.125' in text
     assert "elsewhere" not in text
+
+
+def test_finetune_metrics() -> None:
+    metrics = GenerationMetrics()
+    metrics.observe_finetune_step("tiny", None, 6.0)  # the first step: not timed
+    metrics.observe_finetune_step("tiny", 0.02, 4.5)
+    metrics.observe_checkpoint("tiny", 0.1)
+    metrics.observe_finetune_end("tiny", "succeeded", resumed=True)
+    metrics.observe_finetune_end("tiny", "weird", resumed=False)
+    text = generate_latest(metrics.registry).decode()
+    assert 'seekq_finetune_steps_total{model="tiny"} 2.0' in text
+    assert 'seekq_finetune_step_seconds_count{model="tiny"} 1.0' in text
+    assert 'seekq_finetune_train_loss{model="tiny"} 4.5' in text
+    assert 'seekq_finetune_checkpoint_seconds_count{model="tiny"} 1.0' in text
+    assert 'seekq_finetune_jobs_total{model="tiny",outcome="succeeded",resumed="true"} 1.0' in text
+    assert 'seekq_finetune_jobs_total{model="tiny",outcome="failed",resumed="false"} 1.0' in text
