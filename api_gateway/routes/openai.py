@@ -6,7 +6,7 @@ Each call submits a job like any other (masked, audited, queued) and waits for i
 package works unchanged. Response ids end in the job id (`chatcmpl-<job id>`).
 """
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -14,22 +14,16 @@ from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import ContextDep, PrincipalDep, ServiceDep, SettingsDep
 from api_gateway.schemas import (
-    AssistantMessage,
-    ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
-    CompletionChoice,
     CompletionRequest,
-    CompletionUsage,
-    EmbeddingData,
     EmbeddingsRequest,
     EmbeddingsResponse,
     GenerationOptions,
     ModelCard,
     ModelDeleted,
     ModelList,
-    Usage,
 )
 from api_gateway.streaming import (
     SSE_HEADERS,
@@ -38,18 +32,23 @@ from api_gateway.streaming import (
     StreamRedisDep,
     generation_of,
     openai_events,
-    usage_of,
 )
 from api_gateway.waiting import wait_for_job
 from jobs.adapters import AdapterView
 from jobs.catalog import JobKind
-from jobs.errors import JobFailedError, JobTimeoutError, SpecError
+from jobs.errors import SpecError
 from jobs.keys import Principal
+from jobs.openai_formats import (
+    chat_completion_response,
+    completion_response,
+    created_of,
+    embed_result_of,
+    embed_spec,
+    embeddings_response,
+)
 from jobs.records import JobView
 from jobs.registry import ModelEntry, split_model
 from jobs.service import JobService
-from jobs.specs import EmbedResult, GenerateResult, decode_vector
-from jobs.status import JobStatus
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -76,35 +75,10 @@ async def create_embeddings(
     settings: SettingsDep,
     redis: StreamRedisDep,
 ) -> EmbeddingsResponse:
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    spec = {"model": body.model, "input": texts}
-    job = await _submit(service, who, JobKind.EMBED, spec)
+    job = await _submit(service, who, JobKind.EMBED, embed_spec(body))
     job = await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s)
-    result = _result_of(job)
-    if body.dimensions is not None and body.dimensions != result.dimensions:
-        raise SpecError(f"dimensions: model '{body.model}' only produces {result.dimensions}")
-    data = [
-        EmbeddingData(index=i, embedding=_encode(encoded, body.encoding_format))
-        for i, encoded in enumerate(result.vectors_base64)
-    ]
-    tokens = result.prompt_tokens
-    return EmbeddingsResponse(
-        data=data, model=body.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-    )
-
-
-def _result_of(job: JobView) -> EmbedResult:
-    if job.status == JobStatus.SUCCEEDED.value and job.result is not None:
-        return EmbedResult.model_validate(job.result)
-    if job.status == JobStatus.FAILED.value:
-        error_type = job.error.type if job.error else "unknown"
-        raise JobFailedError(f"job {job.id} failed ({error_type})")
-    raise JobTimeoutError(f"job {job.id} is still {job.status}; poll GET /v1/jobs/{job.id}")
-
-
-def _encode(encoded: str, encoding_format: str) -> list[float] | str:
-    """Results are stored as OpenAI's base64 already; floats are decoded on request."""
-    return encoded if encoding_format == "base64" else decode_vector(encoded)
+    result = embed_result_of(job)
+    return embeddings_response(body.model, result, body.encoding_format, body.dimensions)
 
 
 @router.post("/completions", response_model=Completion, responses=STREAM_RESPONSES)
@@ -121,14 +95,7 @@ async def create_completion(
         stream = JobStream(redis, service, who, job.id, settings.wait_timeout_s)
         return _streaming(stream, _format(job, body, chat=False))
     result = generation_of(await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s))
-    choice = CompletionChoice(text=result.text, finish_reason=_finish(result))
-    return Completion(
-        id=f"cmpl-{job.id}",
-        created=_created(job),
-        model=body.model,
-        choices=[choice],
-        usage=_usage(result),
-    )
+    return completion_response(job, body.model, result)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
@@ -146,14 +113,7 @@ async def create_chat_completion(
         stream = JobStream(redis, service, who, job.id, settings.wait_timeout_s)
         return _streaming(stream, _format(job, body, chat=True))
     result = generation_of(await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s))
-    message = AssistantMessage(content=result.text)
-    return ChatCompletion(
-        id=f"chatcmpl-{job.id}",
-        created=_created(job),
-        model=body.model,
-        choices=[ChatChoice(message=message, finish_reason=_finish(result))],
-        usage=_usage(result),
-    )
+    return chat_completion_response(job, body.model, result)
 
 
 async def _submit(
@@ -174,20 +134,7 @@ def _streaming(stream: JobStream, fmt: ChunkFormat) -> StreamingResponse:
 
 def _format(job: JobView, body: GenerationOptions, *, chat: bool) -> ChunkFormat:
     prefix = "chatcmpl" if chat else "cmpl"
-    return ChunkFormat(chat, f"{prefix}-{job.id}", _created(job), body.model, body.include_usage)
-
-
-def _created(job: JobView) -> int:
-    return int(job.created_at.timestamp())
-
-
-def _finish(result: GenerateResult) -> Literal["stop", "length"]:
-    """generation_of() has turned a cancelled job into an error already."""
-    return "length" if result.finish_reason == "length" else "stop"
-
-
-def _usage(result: GenerateResult) -> CompletionUsage:
-    return CompletionUsage(**usage_of(result))
+    return ChunkFormat(chat, f"{prefix}-{job.id}", created_of(job), body.model, body.include_usage)
 
 
 @router.get("/models", response_model=ModelList)
