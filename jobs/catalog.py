@@ -13,6 +13,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy.orm import Session
 
 from jobs.adapters import register_adapter, reserve_adapter
+from jobs.batch_specs import BatchResult, BatchSpec
 from jobs.errors import KindNotAvailableError, SpecError
 from jobs.finetune_specs import FineTuneResult, FineTuneSpec
 from jobs.index_specs import IndexResult, IndexSpec, SearchResult, SearchSpec
@@ -43,6 +44,7 @@ class JobKind(StrEnum):
     INDEX = "index"
     SEARCH = "search"
     FINETUNE = "finetune"
+    BATCH = "batch"
     PING = "ping"
 
 
@@ -106,6 +108,11 @@ CATALOG: Mapping[JobKind, KindEntry] = {
         ModelKind.CAUSAL_LM,
         on_submit=reserve_adapter,
         on_success=register_adapter,
+    ),
+    # An OpenAI batch: its lines run as generate/embed sub-jobs; it follows them in SQL
+    # for up to its completion window (24 h), then assembles the output files.
+    JobKind.BATCH: KindEntry(
+        JobKind.BATCH, BatchSpec, BatchResult, "cpu.batch", 25 * 3600.0, ("metadata",)
     ),
     JobKind.PING: KindEntry(JobKind.PING, PingSpec, PingResult, "cpu.ping", 30.0, ("payload",)),
 }

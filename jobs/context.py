@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.adapters import AdapterService
+from jobs.batches import BatchService
 from jobs.catalog import JobKind
 from jobs.files import FileService
 from jobs.finetunes import FineTuneService
@@ -44,6 +45,7 @@ class JobsContext:
     indexes: IndexService
     finetunes: FineTuneService
     adapters: AdapterService
+    batches: BatchService
 
     @classmethod
     def create(
@@ -78,11 +80,13 @@ class JobsContext:
             masker,
             settings.max_file_bytes,
             (settings.finetune_min_examples, settings.finetune_max_examples),
+            settings.batch_max_lines,
         )
         indexes = IndexService(sessions, models, service, artifacts)
         finetunes = FineTuneService(sessions, service, files, models)
         service.checks[JobKind.FINETUNE] = finetunes.check  # dataset checks at submit
         adapters = AdapterService(sessions, artifacts)
+        batches = BatchService(service, files)
         return cls(
             settings=settings,
             engine=engine,
@@ -98,6 +102,7 @@ class JobsContext:
             indexes=indexes,
             finetunes=finetunes,
             adapters=adapters,
+            batches=batches,
         )
 
     def lifecycle(self, worker: str | None = None) -> Lifecycle:

@@ -179,4 +179,6 @@ def encode_examples(examples: list[dict[str, Any]]) -> bytes:
 
 
 def decode_examples(data: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in data.decode().splitlines() if line]
+    # "\n" only: splitlines() would also cut at U+2028 and friends, which
+    # ensure_ascii=False writes raw inside a record.
+    return [json.loads(line) for line in data.decode().split("\n") if line]

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.batch_input import decode_batch_lines, encode_batch_lines, parse_batch_file
 from jobs.datasets import decode_examples, encode_examples, parse_dataset
 from jobs.documents import BadLineError, Document, DocumentError, extract, mask_document, safe_name
 from jobs.errors import DatasetError, SpecError, UploadNotFoundError
@@ -35,7 +36,9 @@ from storage.tables import FileRow
 # datasets (jobs.datasets); batch files are other issues' work and are refused until then.
 DOCUMENT_PURPOSES = frozenset({"assistants", "user_data", "index"})
 FINE_TUNE = "fine-tune"
-PURPOSES = DOCUMENT_PURPOSES | {FINE_TUNE}
+BATCH = "batch"
+BATCH_OUTPUT = "batch_output"  # made by seekq (a batch's output and error files)
+PURPOSES = DOCUMENT_PURPOSES | {FINE_TUNE, BATCH}
 MAX_DETAIL_ERRORS = 5
 
 
@@ -65,12 +68,14 @@ class FileService:
         masker: PiiMasker,
         max_file_bytes: int,
         dataset_limits: tuple[int, int] = (10, 50_000),
+        batch_max_lines: int = 50_000,
     ) -> None:
         self.sessions = sessions
         self.artifacts = artifacts
         self.masker = masker
         self.max_file_bytes = max_file_bytes
         self.dataset_limits = dataset_limits  # (min, max) examples of a fine-tune file
+        self.batch_max_lines = batch_max_lines
 
     def upload(self, who: Principal, filename: str, data: bytes, purpose: str) -> FileView:
         if purpose not in PURPOSES:
@@ -81,6 +86,8 @@ class FileService:
         masked_name = masked.text
         if purpose == FINE_TUNE:
             return self._upload_dataset(who, masked_name, masked.counts, data)
+        if purpose == BATCH:
+            return self._upload_batch(who, masked_name, masked.counts, data)
         try:
             extraction = extract(name, data, max_bytes=self.max_file_bytes)
         except DocumentError as error:
@@ -116,6 +123,60 @@ class FileService:
             entity_counts=dict(Counter(name_counts) + Counter(dataset.entity_counts)),
         )
         return self._save(who, row, encode_examples(dataset.examples))
+
+    def _upload_batch(
+        self, who: Principal, masked_name: str, name_counts: dict[str, int], data: bytes
+    ) -> FileView:
+        """A batch input file: every line checked (400 naming each bad line), its request
+        texts masked; the endpoint is kept as the file's media type."""
+        if len(data) > self.max_file_bytes:
+            raise DatasetError(f"batch input file is larger than {self.max_file_bytes} bytes")
+        batch = parse_batch_file(data, self.masker, max_lines=self.batch_max_lines)
+        row = FileRow(
+            filename=masked_name,
+            purpose=BATCH,
+            size_bytes=len(data),
+            media_type=f"application/jsonl; endpoint={batch.url}",
+            documents=len(batch.lines),
+            status_details=None,
+            entity_counts=dict(Counter(name_counts) + Counter(batch.entity_counts)),
+        )
+        return self._save(who, row, encode_batch_lines(batch.lines))
+
+    def store_output(self, who: Principal, filename: str, content: bytes, records: int) -> FileView:
+        """A file seekq made for the caller (a batch's output or error file): stored as is,
+        it holds results, not the caller's input."""
+        row = FileRow(
+            filename=filename,
+            purpose=BATCH_OUTPUT,
+            size_bytes=len(content),
+            media_type="application/jsonl",
+            documents=records,
+            status_details=None,
+            entity_counts={},
+        )
+        return self._save(who, row, content)
+
+    def batch_endpoint(self, tenant_id: str, file_id: str) -> str:
+        """The endpoint a batch input file's requests call (its row only)."""
+        with self.sessions() as session:
+            row = self._row(session, tenant_id, file_id)
+            purpose, media_type = row.purpose, row.media_type
+        if purpose != BATCH:
+            raise SpecError(f"{file_id} is a '{purpose}' file, not a batch input file")
+        return media_type.partition("endpoint=")[2]
+
+    def batch_lines(self, tenant_id: str, file_id: str) -> list[dict[str, Any]]:
+        """The masked request lines of a batch input file."""
+        return decode_batch_lines(self._content(tenant_id, file_id, {BATCH}))
+
+    def content(self, who: Principal, file_id: str) -> tuple[bytes, str]:
+        """A file's stored content and name: what seekq keeps (masked documents or
+        examples, masked batch requests, batch outputs), never the upload as sent."""
+        with self.sessions() as session:
+            row = self._row(session, who.tenant_id, file_id)
+            purpose, name = row.purpose, row.filename
+        return self._content(who.tenant_id, file_id, {purpose}), name
 
     def _save(self, who: Principal, row: FileRow, content: bytes) -> FileView:
         """Store the masked content, then its row and audit event (one transaction)."""
@@ -184,8 +245,7 @@ class FileService:
             row = self._row(session, tenant_id, file_id)
             key, purpose = row.artifact_key, row.purpose
         if purpose not in purposes:
-            wanted = "a fine-tune dataset" if FINE_TUNE in purposes else "a document file"
-            raise SpecError(f"{file_id} is a '{purpose}' file, not {wanted}")
+            raise SpecError(f"{file_id} is a '{purpose}' file, not {_wanted(purposes)}")
         try:
             return self.artifacts.get(key)
         except ArtifactNotFoundError:
@@ -197,6 +257,14 @@ class FileService:
         if row is None:
             raise UploadNotFoundError(f"no such file: {file_id if _valid_id(file_id) else '?'}")
         return row
+
+
+def _wanted(purposes: Collection[str]) -> str:
+    if FINE_TUNE in purposes:
+        return "a fine-tune dataset"
+    if BATCH in purposes:
+        return "a batch input file"
+    return "a document file"
 
 
 def _valid_id(file_id: str) -> bool:
@@ -240,7 +308,8 @@ def _encode(stored: list[StoredDocument]) -> bytes:
 
 def _decode(data: bytes) -> list[StoredDocument]:
     found = []
-    for line in data.decode().splitlines():
+    # "\n" only: splitlines() would also cut at U+2028, which is raw inside a record.
+    for line in filter(None, data.decode().split("\n")):
         record: dict[str, Any] = json.loads(line)
         fields = record["document"]
         document = Document(

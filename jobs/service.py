@@ -116,6 +116,20 @@ class JobService:
         self._dispatch(entry, row)
         return Submitted(job=JobView.from_row(row), created=True)
 
+    def prepare(
+        self, who: Principal, kind: str, spec: Mapping[str, Any]
+    ) -> tuple[KindEntry, dict[str, Any], dict[str, int]]:
+        """What `submit` checks and masks, without writing anything: the entry, the masked
+        spec and its entity counts (a batch's lines become sub-jobs this way)."""
+        entry = get_entry(kind)
+        parsed = parse_spec(entry, spec)
+        if entry.model_kind is not None:
+            self._check_model(who, entry, str(getattr(parsed, "model", "")))
+        masked, counts = mask_spec(entry, parsed, self.masker)
+        if isinstance(parsed, GenerateSpec):
+            self._check_generate(GenerateSpec.from_stored(masked))
+        return entry, masked, counts
+
     def _check_generate(self, masked: GenerateSpec) -> None:
         """The operator's max_new_tokens cap, no personal data in the word lists (they are
         stored and queued as given: masking them would break them), and the masked prompt
@@ -195,6 +209,11 @@ class JobService:
             rows = JobRepo(session).page(query)
         next_cursor = _encode_job_cursor(rows[-1]) if len(rows) == query.limit else None
         return JobPage(data=[JobView.from_row(r) for r in rows], next_cursor=next_cursor)
+
+    @staticmethod
+    def job_cursor(job: JobView) -> str:
+        """The `cursor` that lists the jobs after `job` (older ones)."""
+        return _encode_job_cursor(job)
 
     def cancel(self, who: Principal, job_id: str) -> JobView:
         with self.sessions.begin() as session:
@@ -382,7 +401,7 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def _encode_job_cursor(row: JobRow) -> str:
+def _encode_job_cursor(row: JobRow | JobView) -> str:
     raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode()
 

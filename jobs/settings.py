@@ -41,6 +41,8 @@ class JobsSettings(BaseSettings):
     # Fine-tune datasets: at least this many examples (OpenAI's minimum), at most that many.
     finetune_min_examples: int = Field(default=10, ge=1, le=100_000)
     finetune_max_examples: int = Field(default=50_000, ge=1, le=10_000_000)
+    # OpenAI batches: requests per batch input file.
+    batch_max_lines: int = Field(default=50_000, ge=1, le=1_000_000)
     # Index jobs embed through sub-jobs on the embed queue of about this many tokens each.
     index_embed_batch_tokens: int = Field(default=8192, ge=256, le=1_000_000)
     # Models allowed to run code shipped with them (trust_remote_code). Empty by default.

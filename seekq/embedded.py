@@ -35,8 +35,9 @@ class EmbeddedStack:
     # embed jobs that arrive together into one forward pass), the model-free ping canary
     # on its own solo worker, generation on the threads pool feeding the batching engine,
     # index jobs (which wait for the embed worker: never in the same single-slot worker),
-    # searches on their own warm worker (the fast path), and fine-tunes on theirs (hours of
-    # training must not hold up any other queue).
+    # searches on their own warm worker (the fast path), fine-tunes on theirs (hours of
+    # training must not hold up any other queue), and OpenAI batches on theirs (a batch
+    # job follows its lines for up to 24 h; the lines run on the embed/generate workers).
     workers: dict[str, str] = field(
         default_factory=lambda: {
             "worker": "gpu.embed",
@@ -45,6 +46,7 @@ class EmbeddedStack:
             "worker-index": "cpu.index",
             "worker-search": "cpu.search",
             "worker-finetune": "gpu.finetune",
+            "worker-batch": "cpu.batch",
         }
     )
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)

@@ -1,8 +1,9 @@
 """`seekq worker`: pin the GPU first, then import the worker app and hand over to Celery.
 
 Pools: generate and embed queues run on the threads pool (the task threads hand requests
-to the model's batching engine or the embed collector and wait); other queues run one
-job at a time on the solo pool. `--pool` overrides.
+to the model's batching engine or the embed collector and wait), and so does a worker
+for the batch queue alone (batch jobs wait for their lines); other queues run one job at
+a time on the solo pool. `--pool` overrides.
 """
 
 import json
@@ -22,6 +23,10 @@ GENERATE_QUEUE = CATALOG[JobKind.GENERATE].queue
 EMBED_QUEUE = CATALOG[JobKind.EMBED].queue
 INDEX_QUEUE = "cpu.index"
 SEARCH_QUEUE = "cpu.search"
+BATCH_QUEUE = CATALOG[JobKind.BATCH].queue
+# A batch job mostly waits for its lines: one worker follows this many batches at once,
+# so one tenant's long batch never holds back another's.
+BATCH_SLOTS = 16
 
 
 def run_worker(
@@ -59,6 +64,8 @@ def _pool_for(queues: list[str], pool: str, concurrency: int | None) -> tuple[st
     has arrived while one runs. Other queues: one job at a time on the solo pool."""
     if pool != "auto":
         return pool, concurrency or 1
+    if queues == [BATCH_QUEUE]:
+        return "threads", concurrency or BATCH_SLOTS
     if GENERATE_QUEUE not in queues and EMBED_QUEUE not in queues:
         return "solo", 1
     from workers.settings import get_worker_settings

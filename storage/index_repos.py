@@ -227,7 +227,7 @@ class DocumentRepo:
 
 
 class SubJobRepo:
-    """The sub-jobs (embed batches) of a parent job."""
+    """The sub-jobs of a parent job (an index job's embed batches, a batch's lines)."""
 
     def __init__(self, session: Session, parent_id: str) -> None:
         self.session = session
@@ -246,6 +246,21 @@ class SubJobRepo:
     def statuses(self) -> dict[str, str]:
         query = select(JobRow.id, JobRow.status).where(JobRow.parent_id == self.parent_id)
         return {row.id: row.status for row in self.session.execute(query)}
+
+    def status_counts(self) -> dict[str, int]:
+        """How many of the parent's sub-jobs are in each status (one GROUP BY)."""
+        query = (
+            select(JobRow.status, func.count())
+            .where(JobRow.parent_id == self.parent_id)
+            .group_by(JobRow.status)
+        )
+        return {status: int(count) for status, count in self.session.execute(query)}
+
+    def rows(self, job_ids: Sequence[str]) -> Sequence[JobRow]:
+        query = select(JobRow).where(
+            JobRow.parent_id == self.parent_id, JobRow.id.in_(list(job_ids))
+        )
+        return self.session.scalars(query).all()
 
     def results(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         query = select(JobRow.id, JobRow.result).where(JobRow.id.in_(list(job_ids)))

@@ -125,12 +125,19 @@ def run_finetune(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel
     return run(spec, pool, job)
 
 
+def run_batch(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
+    from workers.batching import run_batch as run
+
+    return run(spec, pool, job)
+
+
 RUNNERS: Mapping[JobKind, Runner] = {
     JobKind.EMBED: run_embed,
     JobKind.GENERATE: run_generate,
     JobKind.INDEX: run_index,
     JobKind.SEARCH: run_search,
     JobKind.FINETUNE: run_finetune,
+    JobKind.BATCH: run_batch,
     JobKind.PING: run_ping,
 }
 

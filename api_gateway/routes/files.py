@@ -7,7 +7,7 @@ and only the masked documents are kept.
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import FilesDep, PrincipalDep
@@ -41,6 +41,23 @@ async def list_files(
 @router.get("/files/{file_id}", response_model=FileView)
 async def get_file(file_id: str, who: PrincipalDep, files: FilesDep) -> FileView:
     return await run_in_threadpool(files.get, who, file_id)
+
+
+@router.get(
+    "/files/{file_id}/content",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
+)
+async def file_content(file_id: str, who: PrincipalDep, files: FilesDep) -> Response:
+    """The file's content as seekq keeps it: a batch's output or error file as written;
+    an uploaded file in its masked, normalised form (never the bytes as sent)."""
+    content, name = await run_in_threadpool(files.content, who, file_id)
+    headers = {"Content-Disposition": f'attachment; filename="{_ascii(name)}"'}
+    return Response(content, media_type="application/octet-stream", headers=headers)
+
+
+def _ascii(name: str) -> str:
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
 
 
 @router.delete("/files/{file_id}", response_model=FileDeleted)
