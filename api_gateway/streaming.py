@@ -25,16 +25,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api_gateway.errors import error_body, status_for
 from jobs.errors import (
-    JobCancelledError,
-    JobFailedError,
     JobTimeoutError,
     SeekqError,
     StreamRestartedError,
 )
 from jobs.keys import Principal
+from jobs.openai_formats import completion_usage, generate_result_of
 from jobs.records import JobView
 from jobs.service import JobService
-from jobs.specs import GenerateResult
 from jobs.status import JobStatus, is_terminal
 from jobs.streams import DELTA_FIELD, END_FIELD, RESTART_FIELD, stream_key
 
@@ -160,24 +158,6 @@ def late_error(job_id: str, timeout_s: float) -> JobTimeoutError:
     )
 
 
-def generation_of(job: JobView) -> GenerateResult:
-    """The result of a finished generate job, or the error an OpenAI caller gets.
-
-    A cancelled job is an error (409 job_cancelled), not a choice: OpenAI has no finish
-    reason for it, and "stop" or "length" would misreport why the text ends. Its partial
-    text stays readable at GET /v1/jobs/{id}.
-    """
-    result = job.result if job.status == JobStatus.SUCCEEDED.value else None
-    if result is not None and result.get("finish_reason") != "cancelled":
-        return GenerateResult.model_validate(result)
-    if job.status == JobStatus.FAILED.value:
-        error_type = job.error.type if job.error else "unknown"
-        raise JobFailedError(f"job {job.id} failed ({error_type})")
-    if is_terminal(JobStatus(job.status)):
-        raise JobCancelledError(f"job {job.id} was cancelled; see GET /v1/jobs/{job.id}")
-    raise JobTimeoutError(f"job {job.id} is still {job.status}; poll GET /v1/jobs/{job.id}")
-
-
 def sse(data: dict[str, Any] | str, event: str | None = None) -> str:
     payload = (
         data
@@ -246,23 +226,14 @@ async def openai_events(stream: JobStream, fmt: ChunkFormat) -> AsyncIterator[st
             yield error_event(late_error(stream.job_id, stream.timeout_s))
             return
         try:
-            result = generation_of(event.job)
+            result = generate_result_of(event.job)
         except SeekqError as exc:
             yield error_event(exc)
             return
         yield fmt.choice(None, result.finish_reason)
         if fmt.include_usage:
-            yield fmt.chunk([], usage_of(result))
+            yield fmt.chunk([], completion_usage(result).model_dump())
         yield sse("[DONE]")
-
-
-def usage_of(result: GenerateResult) -> dict[str, int]:
-    total = result.prompt_tokens + result.completion_tokens
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": total,
-    }
 
 
 async def native_events(stream: JobStream) -> AsyncIterator[str]:

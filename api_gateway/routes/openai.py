@@ -30,7 +30,6 @@ from api_gateway.streaming import (
     ChunkFormat,
     JobStream,
     StreamRedisDep,
-    generation_of,
     openai_events,
 )
 from api_gateway.waiting import wait_for_job
@@ -45,6 +44,7 @@ from jobs.openai_formats import (
     embed_result_of,
     embed_spec,
     embeddings_response,
+    generate_result_of,
 )
 from jobs.records import JobView
 from jobs.registry import ModelEntry, split_model
@@ -94,7 +94,9 @@ async def create_completion(
     if body.stream:
         stream = JobStream(redis, service, who, job.id, settings.wait_timeout_s)
         return _streaming(stream, _format(job, body, chat=False))
-    result = generation_of(await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s))
+    result = generate_result_of(
+        await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s)
+    )
     return completion_response(job, body.model, result)
 
 
@@ -112,7 +114,9 @@ async def create_chat_completion(
     if body.stream:
         stream = JobStream(redis, service, who, job.id, settings.wait_timeout_s)
         return _streaming(stream, _format(job, body, chat=True))
-    result = generation_of(await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s))
+    result = generate_result_of(
+        await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s)
+    )
     return chat_completion_response(job, body.model, result)
 
 
