@@ -43,6 +43,11 @@ class JobsSettings(BaseSettings):
     finetune_max_examples: int = Field(default=50_000, ge=1, le=10_000_000)
     # OpenAI batches: requests per batch input file.
     batch_max_lines: int = Field(default=50_000, ge=1, le=1_000_000)
+    # A batch lets its lines out this many at a time (queued or running), and a tenant's
+    # batches together at most batch_tenant_window: interactive requests and other
+    # tenants' batches never wait behind more than that.
+    batch_window: int = Field(default=64, ge=1, le=100_000)
+    batch_tenant_window: int = Field(default=128, ge=1, le=1_000_000)
     # Index jobs embed through sub-jobs on the embed queue of about this many tokens each.
     index_embed_batch_tokens: int = Field(default=8192, ge=256, le=1_000_000)
     # Models allowed to run code shipped with them (trust_remote_code). Empty by default.

@@ -256,6 +256,20 @@ class SubJobRepo:
         )
         return {status: int(count) for status, count in self.session.execute(query)}
 
+    def tenant_batch_lines(self, tenant_id: str) -> int:
+        """Queued or running lines of all the tenant's running batches."""
+        batches = select(JobRow.id).where(
+            JobRow.tenant_id == tenant_id,
+            JobRow.kind == "batch",
+            JobRow.status.in_(("running", "cancelling")),
+        )
+        query = select(func.count()).where(
+            JobRow.tenant_id == tenant_id,
+            JobRow.status.in_(("queued", "running", "cancelling")),
+            JobRow.parent_id.in_(batches.scalar_subquery()),
+        )
+        return int(self.session.scalar(query) or 0)
+
     def rows(self, job_ids: Sequence[str]) -> Sequence[JobRow]:
         query = select(JobRow).where(
             JobRow.parent_id == self.parent_id, JobRow.id.in_(list(job_ids))

@@ -3,10 +3,14 @@
 and, once they are done (or the batch is cancelled or expires), writes the output and
 error files in the input's order.
 
-Phases (`progress.phase`, OpenAI's statuses): validating — each line's body is checked
-as the synchronous endpoint would check it (a bad line fails alone, into the error file),
-then the sub-jobs are committed in chunks and published; in_progress — request counts
-from SQL every second; finalizing — the files are assembled from the sub-jobs' results.
+Phases (`progress.phase`, OpenAI's statuses): in_progress — lines are let out a window
+at a time (`SEEKQ_BATCH_WINDOW` queued or running per batch, `SEEKQ_BATCH_TENANT_WINDOW`
+per tenant over all its batches): each line's body is checked as the synchronous endpoint
+would check it (a bad line fails alone, into the error file), then committed as a
+sub-job and published; request counts come from SQL every 0.2 s; finalizing — the files
+are assembled from the sub-jobs' results. Windows are what keep a 50,000-line batch from
+filling the queues ahead of interactive requests and of other tenants' batches: Redis
+lists are FIFO, and seekq does not rely on Celery's emulated Redis priorities.
 A cancel or the end of the completion window cancels the lines still queued, lets those
 running finish, and delivers what finished (a partial output file). A retried attempt
 finds the sub-jobs it made by their idempotency keys and carries on.
@@ -43,7 +47,7 @@ from workers.runners import RunningJob
 
 log = logging.getLogger(__name__)
 
-POLL_S = 1.0
+POLL_S = 0.2
 CHUNK = 500
 LINE_PRIORITY = 2  # below interactive requests
 DRAIN_S = 600.0  # a cancelled or expired batch waits this long for its running lines
@@ -70,40 +74,55 @@ class BatchRun:
         self.spec = spec
         self.who = Principal(tenant_id=job.tenant_id, tenant_name="", key_id=f"batch:{job.job_id}")
         self.progress: dict[str, Any] = {"phase": "validating", "total": 0}
+        settings = context.settings
+        self.window = settings.batch_window
+        self.tenant_window = settings.batch_tenant_window
+        self.lines: list[dict[str, Any]] = []
+        self.existing: dict[str, tuple[str, str]] = {}
+        self.invalid: dict[int, dict[str, str]] = {}  # line -> its error
+        self.job_ids: dict[int, str] = {}  # line -> its sub-job
+        self.next = 0  # the next line to let out
 
     def run(self) -> BatchResult:
         created = self.context.service.get(self.who, self.job.job_id).created_at
         deadline = created + timedelta(seconds=self.spec.completion_window_s)
-        lines = self.context.files.batch_lines(self.job.tenant_id, self.spec.input_file_id)
-        self.progress.update(total=len(lines), completed=0, failed=0)
-        self._report()
-        invalid, job_ids = self._submit(lines)
-        self.progress.update(phase="in_progress", in_progress_at=int(time.time()))
-        outcome = self._follow(deadline, len(invalid))
+        self.lines = self.context.files.batch_lines(self.job.tenant_id, self.spec.input_file_id)
+        with self.context.sessions() as session:
+            self.existing = SubJobRepo(session, self.job.job_id).existing()
+        self.progress.update(
+            phase="in_progress", total=len(self.lines), in_progress_at=int(time.time())
+        )
+        outcome = self._follow(deadline)
         self.progress.update(phase="finalizing", finalizing_at=int(time.time()))
         self._report()
-        result = self._finalize(lines, invalid, job_ids, outcome)
+        result = self._finalize(self.lines, self.invalid, self.job_ids, outcome)
         if outcome == "cancelled":
             raise JobCancelledError("batch cancelled", result.model_dump(mode="json"))
         return result
 
-    # ------------------------------------------------------------ validating
+    # ------------------------------------------------------------ dispatching
 
-    def _submit(
-        self, lines: list[dict[str, Any]]
-    ) -> tuple[dict[int, dict[str, str]], dict[int, str]]:
-        """Each valid line as a sub-job (committed in chunks, then published): the errors
-        of the invalid lines, and the sub-job id of every other line, by line number."""
-        invalid: dict[int, dict[str, str]] = {}
-        job_ids: dict[int, str] = {}
-        for start in range(0, len(lines), CHUNK):
-            chunk = lines[start : start + CHUNK]
-            prepared = [(line, self._prepare(line, invalid)) for line in chunk]
-            made = self._commit([(line, p) for line, p in prepared if p is not None])
-            job_ids.update(made)
-            if self.job.should_stop():
-                break
-        return invalid, job_ids
+    def _dispatch(self, room: int) -> None:
+        """Make the next lines sub-jobs until `room` new ones are queued: lines are let
+        out a window at a time, so a huge batch never fills the queues ahead of
+        interactive requests or of another tenant's batch. Invalid lines are set aside
+        (they take no room); lines an earlier attempt made are found by their keys."""
+        prepared: list[tuple[dict[str, Any], tuple[JobKind, dict[str, Any]]]] = []
+        while self.next < len(self.lines) and len(prepared) < room:
+            line = self.lines[self.next]
+            self.next += 1
+            found = self.existing.get(self._key(line))
+            if found is not None:
+                self.job_ids[line["line"]] = found[0]
+                continue
+            made = self._prepare(line, self.invalid)
+            if made is not None:
+                prepared.append((line, made))
+        if prepared:
+            self.job_ids.update(self._commit(prepared))
+
+    def _key(self, line: dict[str, Any]) -> str:
+        return f"{self.job.job_id}/line/{line['line']}"
 
     def _prepare(
         self, line: dict[str, Any], invalid: dict[int, dict[str, str]]
@@ -126,7 +145,7 @@ class BatchRun:
             repo = SubJobRepo(session, self.job.job_id)
             existing = repo.existing()
             for line, (kind, spec) in prepared:
-                key = f"{self.job.job_id}/line/{line['line']}"
+                key = self._key(line)
                 found = existing.get(key)
                 if found is None:
                     row = self._row(key, kind, spec, now)
@@ -156,22 +175,35 @@ class BatchRun:
 
     # ------------------------------------------------------------ in progress
 
-    def _follow(self, deadline: datetime, invalid: int) -> str:
-        """Until every line is done ("completed"), or the batch is cancelled or past its
-        window (then the queued lines are cancelled and the running ones finish)."""
+    def _follow(self, deadline: datetime) -> str:
+        """Let lines out a window at a time until every line is done ("completed"), or the
+        batch is cancelled or past its window (then the queued lines are cancelled, the
+        running ones finish, and the lines never let out count as not run)."""
         while True:
-            counts = self._counts(invalid)
-            if counts["live"] == 0:
+            live = self._counts()
+            if self.next >= len(self.lines) and live == 0:
                 return "completed"
             if self.job.should_stop():
                 if not self._cancel_requested():
                     raise JobCancelledError("this attempt lost the batch", None)
-                return self._drain("cancelled", invalid)
+                return self._drain("cancelled")
             if datetime.now(UTC) >= deadline:
-                return self._drain("expired", invalid)
+                return self._drain("expired")
+            room = min(self.window - live, self._tenant_room())
+            if room > 0 and self.next < len(self.lines):
+                self._dispatch(room)
+                continue
             time.sleep(POLL_S)
 
-    def _drain(self, outcome: str, invalid: int) -> str:
+    def _tenant_room(self) -> int:
+        """Lines this tenant may still let out: its batches together hold at most
+        `batch_tenant_window` lines in the queues, so one tenant's many batches cannot
+        crowd out another tenant's."""
+        with self.context.sessions() as session:
+            live = SubJobRepo(session, self.job.job_id).tenant_batch_lines(self.job.tenant_id)
+        return self.tenant_window - live
+
+    def _drain(self, outcome: str) -> str:
         values = {"status": JobStatus.CANCELLED.value, "finished_at": datetime.now(UTC)}
         with self.context.sessions.begin() as session:
             repo = SubJobRepo(session, self.job.job_id)
@@ -180,18 +212,20 @@ class BatchRun:
             "batch %s: %d queued line(s) cancelled job_id=%s", outcome, cancelled, self.job.job_id
         )
         give_up = time.monotonic() + DRAIN_S
-        while self._counts(invalid)["live"] and time.monotonic() < give_up:
+        while self._counts() and time.monotonic() < give_up:
             time.sleep(POLL_S)
         return outcome
 
-    def _counts(self, invalid: int) -> dict[str, int]:
+    def _counts(self) -> int:
+        """The batch's live lines; request counts written to `progress` on the way."""
         with self.context.sessions() as session:
             by_status = SubJobRepo(session, self.job.job_id).status_counts()
         completed = by_status.get(JobStatus.SUCCEEDED.value, 0)
-        failed = by_status.get(JobStatus.FAILED.value, 0) + invalid
-        self.progress.update(completed=completed, failed=failed)
-        self._report()
-        return {"live": sum(by_status.get(s, 0) for s in LIVE)}
+        failed = by_status.get(JobStatus.FAILED.value, 0) + len(self.invalid)
+        if (completed, failed) != (self.progress.get("completed"), self.progress.get("failed")):
+            self.progress.update(completed=completed, failed=failed)
+            self._report()
+        return sum(by_status.get(s, 0) for s in LIVE)
 
     def _cancel_requested(self) -> bool:
         status = self.context.service.get(self.who, self.job.job_id).status

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import TINY_MODEL, Stack, WorkerProcess, stack_env, unique
 
 WAIT_S = 180.0
+WINDOW = 8
 
 
 @dataclass
@@ -31,7 +32,9 @@ def workers(stack: Stack) -> Iterator[Workers]:
     # Four sequences at a time: slow enough that a cancel or a 3 s window lands mid-batch.
     slow = {**env, "SEEKQ_GENERATE_MAX_BATCH": "4"}
     generate = WorkerProcess(slow, stack.tmp / "batch-generate.log", "gpu.generate").start()
-    batch = WorkerProcess(env, stack.tmp / "batch-worker.log", "cpu.batch").start()
+    # Small windows, so the ordering they buy shows within seconds.
+    windows = {**env, "SEEKQ_BATCH_WINDOW": str(WINDOW), "SEEKQ_BATCH_TENANT_WINDOW": "16"}
+    batch = WorkerProcess(windows, stack.tmp / "batch-worker.log", "cpu.batch").start()
     yield Workers(generate, batch)
     generate.stop()
     batch.stop()
@@ -199,3 +202,60 @@ def test_batches_are_tenant_scoped(stack: Stack, workers: Workers) -> None:
     with pytest.raises(openai.NotFoundError):
         other.files.content(batch.output_file_id)
     assert batch.id not in [b.id for b in other.batches.list()]
+
+
+def test_an_interactive_request_overtakes_a_big_batch(stack: Stack, workers: Workers) -> None:
+    """A batch lets out WINDOW lines at a time, so a chat request sent while a big batch
+    runs waits behind at most WINDOW lines, not behind the whole batch."""
+    client = client_for(stack)
+    rows = [chat_line(f"big{i}", f"tell me about plan {i}", max_tokens=16) for i in range(300)]
+    batch_started = time.monotonic()
+    created = run_batch(client, rows, "/v1/chat/completions")
+    deadline = time.monotonic() + WAIT_S
+    while client.batches.retrieve(created.id).request_counts.completed < WINDOW:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    asked = time.monotonic()
+    client.chat.completions.create(
+        model=TINY_MODEL, messages=[{"role": "user", "content": "quick one"}], max_tokens=16
+    )
+    interactive_s = time.monotonic() - asked
+    during = client.batches.retrieve(created.id)
+    batch = wait_batch(client, created.id)
+    batch_s = time.monotonic() - batch_started
+    print(  # the numbers, for the closing note (pytest -s)
+        f"interactive {interactive_s:.2f}s while the batch ran; batch {batch_s:.2f}s "
+        f"({during.request_counts.completed}/300 done when the interactive one returned)"
+    )
+    assert batch.status == "completed"
+    assert during.status == "in_progress" and during.request_counts.completed < 300
+    assert interactive_s < batch_s / 4
+
+
+def test_two_tenants_batches_interleave(stack: Stack, workers: Workers) -> None:
+    """Tenant B's small batch, sent after tenant A's big one, is not held behind it."""
+    big, small = client_for(stack, "acme"), client_for(stack, "globex")
+    a = run_batch(
+        big,
+        [chat_line(f"a{i}", f"plan {i}", max_tokens=16) for i in range(240)],
+        "/v1/chat/completions",
+    )
+    while big.batches.retrieve(a.id).request_counts.completed < WINDOW:
+        time.sleep(0.1)
+    sent = time.monotonic()
+    b = run_batch(
+        small,
+        [chat_line(f"b{i}", f"plan {i}", max_tokens=16) for i in range(16)],
+        "/v1/chat/completions",
+    )
+    done_b = wait_batch(small, b.id)
+    b_s = time.monotonic() - sent
+    a_then = big.batches.retrieve(a.id)
+    done_a = wait_batch(big, a.id)
+    a_s = time.monotonic() - sent
+    print(
+        f"tenant B's 16 lines done in {b_s:.2f}s; tenant A's 240 then at "
+        f"{a_then.request_counts.completed}/240, done {a_s:.2f}s after B was sent"
+    )
+    assert done_b.status == done_a.status == "completed"
+    assert a_then.status == "in_progress" and a_then.request_counts.completed < 240

@@ -295,10 +295,14 @@ def test_hostile_input_gets_clear_errors_never_500(stack: Stack, index: str) -> 
         assert no_file.status_code == 422
         wrong_purpose = upload(http, "a.txt", b"hello").status_code
         assert wrong_purpose == 200
+        vision = http.post(
+            "/v1/files", files={"file": ("a.png", b"\x89PNG")}, data={"purpose": "vision"}
+        )
+        assert vision.status_code == 422 and "purpose: expected one of" in vision.text
         batch = http.post(
             "/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "batch"}
         )
-        assert batch.status_code == 422 and "purpose: expected one of" in batch.text
+        assert batch.status_code == 400 and "line 1: custom_id is missing" in batch.text
 
 
 def test_two_index_workers_write_one_index_in_turn(stack: Stack, index: str) -> None:
