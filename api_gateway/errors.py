@@ -29,6 +29,7 @@ from jobs.errors import (
     JobNotFoundError,
     JobTimeoutError,
     ModelNotFoundError,
+    QuotaExceededError,
     RetryableError,
     SeekqError,
     SpecError,
@@ -56,6 +57,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (ConflictError, 409, "conflict"),
     (InvalidTransitionError, 409, "invalid_state"),
     (AuthError, 401, "invalid_api_key"),
+    (QuotaExceededError, 429, "quota_exceeded"),
     (BrokerUnavailableError, 503, "broker_unavailable"),
     (ConfigError, 503, "misconfigured"),
     (RetryableError, 503, "unavailable"),
@@ -82,7 +84,7 @@ async def on_seekq_error(_: Request, exc: Exception) -> JSONResponse:
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if status == 503:
+    if status in (429, 503):
         headers["Retry-After"] = "5"
     return JSONResponse(error_body(str(exc), code), status_code=status, headers=headers)
 

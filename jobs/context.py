@@ -71,6 +71,7 @@ class JobsContext:
             derive_key(secret, "request"),
             models,
             settings.max_new_tokens,
+            settings.tenant_max_jobs_in_flight,
         )
         keys = KeyStore(sessions, derive_key(secret, "api-key"))
         artifacts = LocalArtifactStore.from_settings(storage)

@@ -21,6 +21,7 @@
     │   ├── JobFailedError        the job a synchronous call waited for failed
     │   └── ConfigError           settings that cannot work (placeholder secret, bad URL)
     ├── RetryableError            a transient failure; the same call may succeed later
+    │   ├── QuotaExceededError      the tenant has its quota of jobs in flight
     │   ├── BrokerUnavailableError  Redis could not take the message
     │   ├── StreamRestartedError    a streamed job started over on another worker
     │   └── JobTimeoutError       the job a synchronous call waited for is not done yet
@@ -112,6 +113,10 @@ class AuthError(PermanentError):
 
 class ConfigError(PermanentError):
     """Settings that cannot work: a placeholder secret, an unusable URL."""
+
+
+class QuotaExceededError(RetryableError):
+    """The tenant has `tenant_max_jobs_in_flight` jobs queued or running: try again later."""
 
 
 class BrokerUnavailableError(RetryableError):

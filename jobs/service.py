@@ -23,7 +23,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.catalog import JobKind, KindEntry, get_entry, parse_spec
-from jobs.errors import IndexNotFoundError, JobNotFoundError, ModelNotFoundError, SpecError
+from jobs.errors import (
+    IndexNotFoundError,
+    JobNotFoundError,
+    ModelNotFoundError,
+    QuotaExceededError,
+    SpecError,
+)
 from jobs.index_specs import IndexSpec, SearchSpec
 from jobs.keys import Principal
 from jobs.notify import JobEvents
@@ -41,6 +47,7 @@ from storage.tables import AuditEventRow, JobRow
 
 log = logging.getLogger(__name__)
 
+LIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_PAGE = 200
 
@@ -65,6 +72,7 @@ class JobService:
         request_key: bytes,
         models: ModelRegistry,
         max_new_tokens: int = MAX_NEW_TOKENS,
+        max_jobs_in_flight: int = 0,
     ) -> None:
         self.sessions = sessions
         self.publisher = publisher
@@ -73,6 +81,7 @@ class JobService:
         self.request_key = request_key
         self.models = models
         self.max_new_tokens = max_new_tokens
+        self.max_jobs_in_flight = max_jobs_in_flight  # per tenant; 0: no limit
         self.prompts = PromptFormats()
         # Kind-specific checks before a job is queued (a fine-tune's dataset), added by
         # the services that own them: (who, parsed spec) -> None, raising to refuse.
@@ -105,6 +114,7 @@ class JobService:
             self._check_index(who, parsed.index)
         if entry.kind in self.checks:
             self.checks[entry.kind](who, parsed)
+        self._check_quota(who)
         try:
             self._commit_new(who, entry, row, counts)
         except IntegrityError:
@@ -157,6 +167,17 @@ class JobService:
         with self.sessions() as session:
             if AdapterRepo(session).find(who.tenant_id, base, adapter) is None:
                 raise ModelNotFoundError(f"no fine-tuned model named '{name}'")
+
+    def _check_quota(self, who: Principal) -> None:
+        if not self.max_jobs_in_flight:
+            return
+        with self.sessions() as session:
+            in_flight = JobRepo(session).count_in_flight(who.tenant_id, LIVE_STATUSES)
+        if in_flight >= self.max_jobs_in_flight:
+            raise QuotaExceededError(
+                f"this tenant has {in_flight} jobs queued or running, its quota is "
+                f"{self.max_jobs_in_flight}: retry once some have finished"
+            )
 
     def _check_index(self, who: Principal, name: str) -> None:
         with self.sessions() as session:

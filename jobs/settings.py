@@ -48,6 +48,10 @@ class JobsSettings(BaseSettings):
     # tenants' batches never wait behind more than that.
     batch_window: int = Field(default=64, ge=1, le=100_000)
     batch_tenant_window: int = Field(default=128, ge=1, le=1_000_000)
+    # Jobs a tenant may have queued or running (top-level: a batch counts once, its lines
+    # are held back by the windows above); more are refused with 429 + Retry-After at
+    # submit instead of growing the queue without bound. 0: no limit.
+    tenant_max_jobs_in_flight: int = Field(default=10_000, ge=0, le=10_000_000)
     # Index jobs embed through sub-jobs on the embed queue of about this many tokens each.
     index_embed_batch_tokens: int = Field(default=8192, ge=256, le=1_000_000)
     # Models allowed to run code shipped with them (trust_remote_code). Empty by default.

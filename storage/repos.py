@@ -166,6 +166,15 @@ class JobRepo:
         assert isinstance(result, CursorResult)
         return result.rowcount == 1
 
+    def count_in_flight(self, tenant_id: str, statuses: Collection[str]) -> int:
+        """The tenant's top-level jobs in `statuses` (ix_jobs_tenant_status)."""
+        query = select(func.count()).where(
+            JobRow.tenant_id == tenant_id,
+            JobRow.status.in_(statuses),
+            JobRow.parent_id.is_(None),
+        )
+        return int(self.session.scalar(query) or 0)
+
     def find_state(self, job_id: str, tenant_id: str | None = None) -> tuple[str, int] | None:
         """(status, attempt) without loading the spec or the result."""
         query = select(JobRow.status, JobRow.attempt).where(JobRow.id == job_id)
