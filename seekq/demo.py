@@ -2,6 +2,7 @@
 
 import json
 import secrets
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -48,6 +49,7 @@ FINETUNE_PROMPTS = [
     for i, name in enumerate(["jane.doe", "li.wei", "sam", "ana", "omar", "kim"] * 4)
 ]
 FINETUNE_HELD_OUT = "user new.customer@example.com asks about the annual plan, question 99:"
+BATCH_QUESTIONS = ["how do refunds work?", "what does the router do?", "hello"]
 FINETUNE_SETTINGS = {"max_steps": 60, "learning_rate": 3e-3, "lora_dropout": 0.0, "seed": 0}
 
 
@@ -85,6 +87,7 @@ def _run_jobs(stack: EmbeddedStack, console: Console) -> None:
         console.print(audit_table(client.audit(limit=len(DEMO_TEXTS) + 2)["data"]))
         _documents(client, stack.data_dir / "sample-docs", console)
         _finetune(client, stack.data_dir / "sample-finetune.jsonl", console)
+    _batch(stack.url, key, console)
 
 
 def _generate(client: SeekqClient, console: Console) -> None:
@@ -159,6 +162,50 @@ def _finetune(client: SeekqClient, path: Path, console: Console) -> None:
         spec = {"model": model, "prompt": FINETUNE_HELD_OUT, "max_new_tokens": 8}
         done = client.generate({**spec, "temperature": 0})
         table.add_row(model, printable((done.get("result") or {}).get("text", "-")))
+    console.print(table)
+
+
+def _batch(url: str, key: str, console: Console) -> None:
+    """OpenAI's Batch API with the official `openai` package, unchanged."""
+    try:
+        import openai
+    except ImportError:  # a dev extra: `make install` has it
+        console.print("[dim]batch step skipped: the openai package is not installed[/]")
+        return
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    lines = [
+        {
+            "custom_id": f"question-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": TINY_MODEL,
+                "messages": [{"role": "user", "content": text}],
+                "max_tokens": 12,
+                "temperature": 0,
+            },
+        }
+        for i, text in enumerate(BATCH_QUESTIONS)
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    console.print(f"[bold]batch[/] of {len(lines)} chat requests through the openai package:")
+    uploaded = client.files.create(file=("requests.jsonl", content), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    counts = batch.request_counts
+    done = f"{counts.completed}/{counts.total} completed" if counts else ""
+    console.print(f"{batch.id}: {batch.status}, {done}")
+    table = Table("custom_id", "answer (random weights)")
+    output = client.files.content(batch.output_file_id).text if batch.output_file_id else ""
+    for line in output.splitlines():
+        record = json.loads(line)
+        answer = record["response"]["body"]["choices"][0]["message"]["content"]
+        table.add_row(record["custom_id"], printable(answer))
     console.print(table)
 
 
