@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from jobs.batch_specs import BatchResult, BatchSpec
-from jobs.catalog import CATALOG, JobKind, KindEntry
+from jobs.catalog import CATALOG, JobKind
 from jobs.context import JobsContext
 from jobs.errors import (
     ConfigError,
@@ -37,7 +37,12 @@ from jobs.errors import (
     SpecError,
 )
 from jobs.keys import Principal
-from jobs.openai_formats import batch_error, batch_job_spec, batch_response_body
+from jobs.openai_formats import (
+    BATCH_ENDPOINTS,
+    batch_error,
+    batch_job_spec,
+    batch_response_body,
+)
 from jobs.records import JobView
 from jobs.status import JobStatus
 from storage.index_repos import SubJobRepo
@@ -112,8 +117,10 @@ class BatchRun:
             line = self.lines[self.next]
             self.next += 1
             found = self.existing.get(self._key(line))
-            if found is not None:
+            if found is not None:  # made by an earlier attempt; published again if queued
                 self.job_ids[line["line"]] = found[0]
+                if found[1] == JobStatus.QUEUED.value:
+                    self._publish(found[0])
                 continue
             made = self._prepare(line, self.invalid)
             if made is not None:
@@ -138,25 +145,24 @@ class BatchRun:
     def _commit(
         self, prepared: list[tuple[dict[str, Any], tuple[JobKind, dict[str, Any]]]]
     ) -> dict[int, str]:
+        """Insert the lines' sub-jobs in one transaction, then publish them. (The lines an
+        earlier attempt made were found in `existing` and are never inserted twice; two
+        attempts never run at once, and the idempotency keys are unique besides.)"""
         now = datetime.now(UTC)
-        made: dict[int, str] = {}
-        to_publish: list[tuple[JobKind, str]] = []
+        rows = [
+            (line, self._row(self._key(line), kind, spec, now)) for line, (kind, spec) in prepared
+        ]
         with self.context.sessions.begin() as session:
             repo = SubJobRepo(session, self.job.job_id)
-            existing = repo.existing()
-            for line, (kind, spec) in prepared:
-                key = self._key(line)
-                found = existing.get(key)
-                if found is None:
-                    row = self._row(key, kind, spec, now)
-                    repo.insert(row)
-                    found = (row.id, row.status)
-                made[line["line"]] = found[0]
-                if found[1] == JobStatus.QUEUED.value:
-                    to_publish.append((kind, found[0]))
-        for kind, job_id in to_publish:
-            self.context.service.publisher.publish(_entry(kind), job_id)
-        return made
+            for _, row in rows:
+                repo.insert(row)
+        for _, row in rows:
+            self._publish(row.id, JobKind(row.kind))
+        return {line["line"]: row.id for line, row in rows}
+
+    def _publish(self, job_id: str, kind: JobKind | None = None) -> None:
+        kind = kind or JobKind(BATCH_ENDPOINTS[self.spec.endpoint])
+        self.context.service.publisher.publish(CATALOG[kind], job_id)
 
     def _row(self, key: str, kind: JobKind, spec: dict[str, Any], now: datetime) -> JobRow:
         return JobRow(
@@ -333,7 +339,3 @@ def _code(exc: SeekqError) -> str:
         if isinstance(exc, error_type):
             return code
     return type(exc).__name__
-
-
-def _entry(kind: JobKind) -> KindEntry:
-    return CATALOG[kind]
