@@ -11,6 +11,8 @@ import hmac
 import json
 import logging
 import re
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -47,6 +49,7 @@ from storage.tables import AuditEventRow, JobRow
 
 log = logging.getLogger(__name__)
 
+QUOTA_RECOUNT_S = 1.0
 LIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_PAGE = 200
@@ -82,6 +85,8 @@ class JobService:
         self.models = models
         self.max_new_tokens = max_new_tokens
         self.max_jobs_in_flight = max_jobs_in_flight  # per tenant; 0: no limit
+        self._in_flight: dict[str, tuple[int, float]] = {}  # tenant -> (count, valid until)
+        self._quota_lock = threading.Lock()
         self.prompts = PromptFormats()
         # Kind-specific checks before a job is queued (a fine-tune's dataset), added by
         # the services that own them: (who, parsed spec) -> None, raising to refuse.
@@ -169,15 +174,29 @@ class JobService:
                 raise ModelNotFoundError(f"no fine-tuned model named '{name}'")
 
     def _check_quota(self, who: Principal) -> None:
-        if not self.max_jobs_in_flight:
+        """The tenant's jobs in flight against its quota. Counting in SQL at every submit
+        cost ~0.25 ms each (bench Q1), so a count far below the quota is reused for up to
+        QUOTA_RECOUNT_S (with this process's own submits added); near the quota it is
+        counted afresh every time. Other processes' submits within that second can take
+        a tenant at most that far past a quota it was well below."""
+        limit = self.max_jobs_in_flight
+        if not limit:
             return
+        now = time.monotonic()
+        with self._quota_lock:
+            cached = self._in_flight.get(who.tenant_id)
+            if cached is not None and cached[1] > now and cached[0] + 1 < limit * 0.9:
+                self._in_flight[who.tenant_id] = (cached[0] + 1, cached[1])
+                return
         with self.sessions() as session:
             in_flight = JobRepo(session).count_in_flight(who.tenant_id, LIVE_STATUSES)
-        if in_flight >= self.max_jobs_in_flight:
+        if in_flight >= limit:
             raise QuotaExceededError(
                 f"this tenant has {in_flight} jobs queued or running, its quota is "
-                f"{self.max_jobs_in_flight}: retry once some have finished"
+                f"{limit}: retry once some have finished"
             )
+        with self._quota_lock:
+            self._in_flight[who.tenant_id] = (in_flight + 1, now + QUOTA_RECOUNT_S)
 
     def _check_index(self, who: Principal, name: str) -> None:
         with self.sessions() as session:
