@@ -27,14 +27,13 @@ from jobs.finetune_specs import FineTuneResult, FineTuneSpec
 from jobs.keys import Principal
 from jobs.lifecycle import Claim
 from jobs.registry import split_model
+from jobs.status import IN_FLIGHT
 from storage.artifacts import ArtifactStore
 from storage.finetune_repos import AdapterRepo
 from storage.repos import JobRepo
 from storage.tables import AdapterRow, JobRow
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# A reservation whose job is in one of these still holds its name.
-LIVE_STATUSES = ("queued", "running", "cancelling")
 
 
 def adapter_id(job_id: str) -> str:
@@ -88,7 +87,7 @@ def name_taken(session: Session, tenant_id: str, spec: FineTuneSpec) -> str | No
             "(DELETE /v1/models/{model}) or choose another suffix"
         )
     state = JobRepo(session).find_state(row.job_id)
-    if state is not None and state[0] in LIVE_STATUSES:
+    if state is not None and state[0] in IN_FLIGHT:
         return f"fine-tuning job {row.job_id} is already making '{spec.model_name}'"
     repo.remove(row)
     return None

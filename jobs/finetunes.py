@@ -35,12 +35,11 @@ from jobs.keys import Principal
 from jobs.records import JobView
 from jobs.registry import ModelKind, ModelRegistry, read_model_config, resolve_source
 from jobs.service import JobService
-from jobs.status import JobStatus
+from jobs.status import IN_FLIGHT, JobStatus
 from storage.finetune_repos import FineTuneEventRepo
 from storage.repos import JobPageQuery, JobRepo
 from storage.tables import FineTuneEventRow
 
-LIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
 MAX_PAGE = 100
 
 
@@ -176,7 +175,7 @@ class FineTuneService:
         with self.sessions.begin() as session:
             if attempt is not None:
                 state = JobRepo(session).find_state(job_id)
-                if state is None or state[1] != attempt or state[0] not in LIVE:
+                if state is None or state[1] != attempt or state[0] not in IN_FLIGHT:
                     return False
             FineTuneEventRepo(session).add(row)
         return True

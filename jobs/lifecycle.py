@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import RetryableError
 from jobs.notify import JobEvents, channel
-from jobs.status import ALLOWED, JobStatus, is_terminal
+from jobs.status import ALLOWED, HELD, JobStatus, is_terminal
 from storage.repos import JobRepo
 from storage.tables import JobRow
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # The statuses a finishing write may come from: a cancel requested mid-run still lets the
 # attempt record its outcome (as cancelled).
-LIVE = (JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
+LIVE = HELD
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,13 @@ from jobs.catalog import get_entry
 from jobs.errors import BrokerUnavailableError
 from jobs.notify import JobEvents
 from jobs.queue import Publisher
-from jobs.status import JobStatus
+from jobs.status import HELD, JobStatus
 from storage.repos import JobRepo
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "seekq:reconciler"
 BATCH = 500
-EXPIRED_STATUSES = (JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
 
 
 class Reconciler:
@@ -58,7 +57,7 @@ class Reconciler:
         now = datetime.now(UTC)
         cutoff = now - timedelta(seconds=self.grace_s)
         with self.sessions() as session:
-            expired = JobRepo(session).expired_leases(EXPIRED_STATUSES, cutoff, BATCH)
+            expired = JobRepo(session).expired_leases(HELD, cutoff, BATCH)
         requeued = lost = 0
         for job_id, kind, attempt, status in expired:
             if status == JobStatus.CANCELLING.value:

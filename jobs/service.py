@@ -41,7 +41,7 @@ from jobs.queue import Publisher
 from jobs.records import AuditPage, AuditView, JobPage, JobView
 from jobs.registry import ModelRegistry, split_model
 from jobs.specs import MAX_NEW_TOKENS, GenerateSpec
-from jobs.status import JobStatus, check_transition, is_terminal
+from jobs.status import IN_FLIGHT, JobStatus, check_transition, is_terminal
 from storage.finetune_repos import AdapterRepo
 from storage.index_repos import IndexRepo
 from storage.repos import AuditRepo, JobPageQuery, JobRepo
@@ -50,7 +50,6 @@ from storage.tables import AuditEventRow, JobRow
 log = logging.getLogger(__name__)
 
 QUOTA_RECOUNT_S = 1.0
-LIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_PAGE = 200
 
@@ -189,7 +188,7 @@ class JobService:
                 self._in_flight[who.tenant_id] = (cached[0] + 1, cached[1])
                 return
         with self.sessions() as session:
-            in_flight = JobRepo(session).count_in_flight(who.tenant_id, LIVE_STATUSES)
+            in_flight = JobRepo(session).count_in_flight(who.tenant_id, IN_FLIGHT)
         if in_flight >= limit:
             raise QuotaExceededError(
                 f"this tenant has {in_flight} jobs queued or running, its quota is "

@@ -18,6 +18,15 @@ TERMINAL: frozenset[JobStatus] = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
 )
 
+# Queued or running: what a quota counts, what holds a name or a batch window.
+IN_FLIGHT: tuple[str, ...] = (
+    JobStatus.QUEUED.value,
+    JobStatus.RUNNING.value,
+    JobStatus.CANCELLING.value,
+)
+# A worker holds the job (its lease counts).
+HELD: tuple[str, ...] = (JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
+
 # RUNNING -> RUNNING is a takeover: a new attempt after the previous holder's lease expired.
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),

@@ -256,16 +256,18 @@ class SubJobRepo:
         )
         return {status: int(count) for status, count in self.session.execute(query)}
 
-    def tenant_batch_lines(self, tenant_id: str) -> int:
-        """Queued or running lines of all the tenant's running batches."""
+    def tenant_batch_lines(
+        self, tenant_id: str, line_statuses: Collection[str], batch_statuses: Collection[str]
+    ) -> int:
+        """Lines in `line_statuses` of all the tenant's batches in `batch_statuses`."""
         batches = select(JobRow.id).where(
             JobRow.tenant_id == tenant_id,
             JobRow.kind == "batch",
-            JobRow.status.in_(("running", "cancelling")),
+            JobRow.status.in_(list(batch_statuses)),
         )
         query = select(func.count()).where(
             JobRow.tenant_id == tenant_id,
-            JobRow.status.in_(("queued", "running", "cancelling")),
+            JobRow.status.in_(list(line_statuses)),
             JobRow.parent_id.in_(batches.scalar_subquery()),
         )
         return int(self.session.scalar(query) or 0)

@@ -44,7 +44,7 @@ from jobs.openai_formats import (
     batch_response_body,
 )
 from jobs.records import JobView
-from jobs.status import JobStatus
+from jobs.status import HELD, IN_FLIGHT, JobStatus
 from storage.index_repos import SubJobRepo
 from storage.tables import JobRow
 from workers.pool import ModelPool
@@ -56,8 +56,6 @@ POLL_S = 0.2
 CHUNK = 500
 LINE_PRIORITY = 2  # below interactive requests
 DRAIN_S = 600.0  # a cancelled or expired batch waits this long for its running lines
-TERMINAL = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
-LIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.CANCELLING.value)
 CODES: dict[type[SeekqError], str] = {
     ContextLengthError: "context_length_exceeded",
     ModelNotFoundError: "model_not_found",
@@ -206,7 +204,9 @@ class BatchRun:
         `batch_tenant_window` lines in the queues, so one tenant's many batches cannot
         crowd out another tenant's."""
         with self.context.sessions() as session:
-            live = SubJobRepo(session, self.job.job_id).tenant_batch_lines(self.job.tenant_id)
+            live = SubJobRepo(session, self.job.job_id).tenant_batch_lines(
+                self.job.tenant_id, IN_FLIGHT, HELD
+            )
         return self.tenant_window - live
 
     def _drain(self, outcome: str) -> str:
@@ -231,7 +231,7 @@ class BatchRun:
         if (completed, failed) != (self.progress.get("completed"), self.progress.get("failed")):
             self.progress.update(completed=completed, failed=failed)
             self._report()
-        return sum(by_status.get(s, 0) for s in LIVE)
+        return sum(by_status.get(s, 0) for s in IN_FLIGHT)
 
     def _cancel_requested(self) -> bool:
         status = self.context.service.get(self.who, self.job.job_id).status
@@ -285,7 +285,8 @@ class BatchRun:
             body = {"error": {**invalid, "type": "invalid_request_error", "param": None}}
             status = 404 if invalid["code"] == "model_not_found" else 400
             return None, _line(custom_id, None, {"status_code": status, "body": body}, None)
-        if row is None or row.status not in TERMINAL or row.status == JobStatus.CANCELLED.value:
+        ran = row is not None and row.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        if row is None or not ran:
             code = "batch_expired" if outcome == "expired" else "batch_cancelled"
             message = f"the batch was {outcome} before this request ran"
             request_id = row.id if row is not None else None
