@@ -7,7 +7,16 @@ from fastapi import FastAPI
 
 from api_gateway import errors, streaming
 from api_gateway.limits import BodySizeLimit
-from api_gateway.routes import batches, files, fine_tuning, health, indexes, jobs, openai
+from api_gateway.routes import (
+    batches,
+    files,
+    fine_tuning,
+    health,
+    indexes,
+    jobs,
+    openai,
+    webhooks,
+)
 from api_gateway.settings import GatewaySettings, get_gateway_settings
 from jobs.context import JobsContext
 from jobs.settings import get_jobs_settings
@@ -46,6 +55,7 @@ def create_app(
     app.include_router(indexes.router)
     app.include_router(fine_tuning.router)
     app.include_router(batches.router)
+    app.include_router(webhooks.router)
     # Uploads may be up to SEEKQ_MAX_FILE_BYTES, plus room for the multipart framing.
     max_file_bytes = (context.settings if context else get_jobs_settings()).max_file_bytes
     app.add_middleware(

@@ -34,6 +34,9 @@ from jobs.errors import (
     SeekqError,
     SpecError,
     UploadNotFoundError,
+    WebhookNotFoundError,
+    WebhookTestFailedError,
+    WebhookUrlError,
 )
 from jobs.service import IdempotencyConflictError
 
@@ -46,11 +49,14 @@ STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (ContextLengthError, 400, "context_length_exceeded"),  # OpenAI's status and code
     (DocumentError, 400, "invalid_document"),  # status_for uses the error's own code
     (DatasetError, 400, "invalid_training_file"),  # each bad line named in the message
+    (WebhookUrlError, 400, "invalid_webhook_url"),
     (SpecError, 422, "invalid_request"),
     (JobNotFoundError, 404, "not_found"),
     (ModelNotFoundError, 404, "model_not_found"),
     (IndexNotFoundError, 404, "index_not_found"),
     (UploadNotFoundError, 404, "file_not_found"),
+    (WebhookNotFoundError, 404, "webhook_endpoint_not_found"),
+    (WebhookTestFailedError, 502, "webhook_test_failed"),
     (IndexExistsError, 409, "index_exists"),
     (IndexBusyError, 409, "index_busy"),
     (AdapterExistsError, 409, "adapter_exists"),

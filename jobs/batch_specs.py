@@ -8,19 +8,33 @@ expired.
 """
 
 import re
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from jobs.errors import JobNotFoundError
 from jobs.index_specs import FILE_ID_PATTERN
 from jobs.specs import StrictModel
 
 BatchEndpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 # OpenAI accepts only "24h"; seekq also takes a number of seconds, minutes or hours
 # (e.g. "90s", "10m", "2h") up to 24 h, for short-lived work and for tests.
+BATCH_ID_PREFIX = "batch_"
 WINDOW_PATTERN = r"^[1-9][0-9]{0,5}[smh]$"
 MAX_WINDOW_S = 24 * 3600
 WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def openai_batch_id(job_id: str) -> str:
+    return BATCH_ID_PREFIX + uuid.UUID(job_id).hex
+
+
+def job_id_of(batch_id: str) -> str:
+    raw = batch_id.removeprefix(BATCH_ID_PREFIX)
+    if not re.fullmatch(r"[0-9a-f]{32}", raw):
+        raise JobNotFoundError("no such batch")
+    return str(uuid.UUID(hex=raw))
 
 
 def window_seconds(window: str) -> int:

@@ -7,14 +7,19 @@ batch's endpoint. Each line's body is checked by the batch job itself, so a bad 
 fails alone and lands in the error file.
 """
 
-import re
-import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.batch_specs import WINDOW_PATTERN, BatchEndpoint, BatchResult, window_seconds
+from jobs.batch_specs import (
+    WINDOW_PATTERN,
+    BatchEndpoint,
+    BatchResult,
+    job_id_of,
+    openai_batch_id,
+    window_seconds,
+)
 from jobs.catalog import JobKind
 from jobs.errors import JobNotFoundError, SpecError
 from jobs.files import FileService
@@ -23,20 +28,8 @@ from jobs.records import JobView
 from jobs.service import JobService
 from jobs.status import JobStatus
 
-PREFIX = "batch_"
 BATCH_PRIORITY = 2  # below interactive requests (OpenAI routes submit at a higher one)
 MAX_PAGE = 100
-
-
-def openai_batch_id(job_id: str) -> str:
-    return PREFIX + uuid.UUID(job_id).hex
-
-
-def job_id_of(batch_id: str) -> str:
-    raw = batch_id.removeprefix(PREFIX)
-    if not re.fullmatch(r"[0-9a-f]{32}", raw):
-        raise JobNotFoundError("no such batch")
-    return str(uuid.UUID(hex=raw))
 
 
 class BatchCreate(BaseModel):

@@ -29,6 +29,7 @@ from jobs.specs import (
     StrictModel,
     describe_validation_error,
 )
+from jobs.webhooks import WEBHOOK_QUEUE
 from storage.tables import JobRow
 
 
@@ -132,7 +133,8 @@ def get_entry(kind: JobKind | str) -> KindEntry:
 
 
 def queues() -> list[str]:
-    return sorted({entry.queue for entry in CATALOG.values()})
+    """Every queue a worker may consume: one per kind, and the webhooks queue."""
+    return sorted({entry.queue for entry in CATALOG.values()} | {WEBHOOK_QUEUE})
 
 
 def parse_spec(entry: KindEntry, raw: Mapping[str, Any]) -> BaseModel:

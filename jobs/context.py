@@ -1,5 +1,6 @@
 """Everything a process needs to produce or run jobs, built once from settings."""
 
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -19,11 +20,15 @@ from jobs.keys import KeyStore
 from jobs.lifecycle import Lifecycle
 from jobs.notify import JobEvents
 from jobs.pii import PiiMasker
-from jobs.queue import CeleryPublisher, make_celery
+from jobs.queue import CeleryPublisher, make_celery, publish_deliveries
 from jobs.reconciler import Reconciler
 from jobs.registry import ModelRegistry
 from jobs.service import JobService
 from jobs.settings import JobsSettings, derive_key, get_jobs_settings, load_secret_key
+from jobs.webhook_delivery import Deliverer, Sender
+from jobs.webhook_endpoints import WebhookService
+from jobs.webhook_urls import UrlPolicy
+from jobs.webhooks import Signer, WebhookOutbox
 from storage.artifacts import ArtifactStore, LocalArtifactStore
 from storage.db import make_engine, make_session_factory
 from storage.settings import StorageSettings, get_storage_settings
@@ -46,6 +51,8 @@ class JobsContext:
     finetunes: FineTuneService
     adapters: AdapterService
     batches: BatchService
+    webhooks: WebhookService
+    outbox: WebhookOutbox
 
     @classmethod
     def create(
@@ -63,6 +70,7 @@ class JobsContext:
             settings.resolved_models_file(storage), settings.trust_remote_code
         )
         masker = PiiMasker(derive_key(secret, "pii"))
+        outbox = WebhookOutbox(functools.partial(publish_deliveries, celery))
         service = JobService(
             sessions,
             CeleryPublisher(celery),
@@ -72,6 +80,7 @@ class JobsContext:
             models,
             settings.max_new_tokens,
             settings.tenant_max_jobs_in_flight,
+            outbox,
         )
         keys = KeyStore(sessions, derive_key(secret, "api-key"))
         artifacts = LocalArtifactStore.from_settings(storage)
@@ -88,6 +97,14 @@ class JobsContext:
         service.checks[JobKind.FINETUNE] = finetunes.check  # dataset checks at submit
         adapters = AdapterService(sessions, artifacts)
         batches = BatchService(service, files)
+        policy = UrlPolicy(settings.webhook_allowed_networks, settings.webhook_allow_http)
+        webhooks = WebhookService(
+            sessions,
+            Signer(derive_key(secret, "webhooks")),
+            policy,
+            Sender(policy, settings.webhook_timeout_s),
+            settings.webhook_max_endpoints,
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -104,17 +121,32 @@ class JobsContext:
             finetunes=finetunes,
             adapters=adapters,
             batches=batches,
+            webhooks=webhooks,
+            outbox=outbox,
         )
 
     def lifecycle(self, worker: str | None = None) -> Lifecycle:
         name = worker or f"{socket.gethostname()}:{os.getpid()}"
-        return Lifecycle(self.sessions, self.events, self.settings.lease_s, name)
+        return Lifecycle(self.sessions, self.events, self.settings.lease_s, name, self.outbox)
+
+    def deliverer(self) -> Deliverer:
+        """Sends webhook deliveries (the worker's webhook task, the reconciler's sweep)."""
+        webhooks = self.webhooks
+        return Deliverer(
+            self.sessions, webhooks.signer, webhooks.sender, self.settings.webhook_retry_delays_s
+        )
 
     def reconciler(self) -> Reconciler:
         publisher = CeleryPublisher(self.celery)
         settings = self.settings
         return Reconciler(
-            self.sessions, publisher, self.events, settings.max_attempts, settings.lease_s
+            self.sessions,
+            publisher,
+            self.events,
+            settings.max_attempts,
+            settings.lease_s,
+            self.outbox,
+            self.deliverer(),
         )
 
     def close(self) -> None:

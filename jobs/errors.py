@@ -5,10 +5,13 @@
     │   ├── SpecError             a spec or request is malformed or out of bounds
     │   │   ├── KindNotAvailableError   a known kind with no runner in this release
     │   │   ├── ContextLengthError      prompt + max_new_tokens exceed the model's context
-    │   │   └── DatasetError            a fine-tune dataset has invalid lines (line numbers)
+    │   │   ├── DatasetError            a fine-tune dataset has invalid lines (line numbers)
+    │   │   └── WebhookUrlError         a webhook URL is malformed or not allowed (SSRF)
     │   ├── JobNotFoundError      no such job for this tenant
     │   ├── IndexNotFoundError    no such index for this tenant
     │   ├── UploadNotFoundError   no such uploaded file for this tenant
+    │   ├── WebhookNotFoundError  no such webhook endpoint for this tenant
+    │   ├── WebhookTestFailedError  a test delivery got no answer from the endpoint
     │   ├── ConflictError         the request clashes with the resource's state
     │   │   ├── IndexExistsError  an index of that name exists already
     │   │   ├── IndexBusyError    an index job is writing the index
@@ -67,6 +70,18 @@ class IndexNotFoundError(PermanentError):
 
 class UploadNotFoundError(PermanentError):
     """No uploaded file with this id exists for this tenant."""
+
+
+class WebhookNotFoundError(PermanentError):
+    """No webhook endpoint with this id exists for this tenant."""
+
+
+class WebhookUrlError(SpecError):
+    """A webhook URL that is malformed or points where webhooks may not go."""
+
+
+class WebhookTestFailedError(PermanentError):
+    """A test delivery got no HTTP answer from the endpoint (refused, timed out)."""
 
 
 class DatasetError(SpecError):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.errors import RetryableError
 from jobs.notify import JobEvents, channel
 from jobs.status import ALLOWED, HELD, JobStatus, is_terminal
+from jobs.webhooks import Ended, WebhookOutbox
 from storage.repos import JobRepo
 from storage.tables import JobRow
 
@@ -36,6 +37,20 @@ class Claim:
     tenant_id: str
     attempt: int
     spec: dict[str, Any]
+    parent_id: str | None = None
+    priority: int = 5
+
+    @classmethod
+    def of(cls, row: Any) -> "Claim":
+        """From a JobRow or a claim's returned row (storage.repos.CLAIMED columns)."""
+        return cls(
+            row.id, row.kind, row.tenant_id, row.attempt, row.spec, row.parent_id, row.priority
+        )
+
+    def ended(self, status: JobStatus, result: dict[str, Any] | None = None) -> Ended:
+        """This job's ending, for its webhook event."""
+        outcome = result.get("outcome") if isinstance(result, dict) else None
+        return Ended(self.job_id, self.tenant_id, self.kind, status.value, self.parent_id, outcome)
 
 
 class Effect(Protocol):
@@ -54,12 +69,18 @@ class LeaseHeldError(RetryableError):
 
 class Lifecycle:
     def __init__(
-        self, sessions: sessionmaker[Session], events: JobEvents, lease_s: float, worker: str
+        self,
+        sessions: sessionmaker[Session],
+        events: JobEvents,
+        lease_s: float,
+        worker: str,
+        outbox: WebhookOutbox | None = None,
     ) -> None:
         self.sessions = sessions
         self.events = events
         self.lease_s = lease_s
         self.worker = worker
+        self.outbox = outbox  # a terminal write records its webhook events with it
 
     def claim(self, job_id: str) -> Claim | None:
         """The claimed job, or None when there is nothing to run (terminal, unknown)."""
@@ -77,7 +98,7 @@ class Lifecycle:
             )
             row = None if claimed else repo.find(job_id)
         if claimed is not None:
-            return Claim(job_id, claimed.kind, claimed.tenant_id, claimed.attempt, claimed.spec)
+            return Claim.of(claimed)
         if row is None:
             log.warning("message for an unknown job dropped job_id=%s", job_id)
             return None
@@ -100,7 +121,7 @@ class Lifecycle:
                 lease_until=now + timedelta(seconds=self.lease_s),
                 worker=self.worker,
             )
-        return {r.id: Claim(r.id, r.kind, r.tenant_id, r.attempt, r.spec) for r in rows}
+        return {r.id: Claim.of(r) for r in rows}
 
     def _not_claimed(self, row: JobRow, now: datetime) -> None:
         status = JobStatus(row.status)
@@ -109,7 +130,7 @@ class Lifecycle:
             return
         lease = row.lease_expires_at
         if status is JobStatus.CANCELLING and (lease is None or lease < now):
-            self._end(row.id, row.attempt, JobStatus.CANCELLED, {})
+            self._end(Claim.of(row), JobStatus.CANCELLED, {})
             return
         retry_in_s = (lease - now).total_seconds() if lease else self.lease_s
         raise LeaseHeldError(max(0.5, retry_in_s))
@@ -140,9 +161,9 @@ class Lifecycle:
         succeeded. When it raises, nothing is written and the error propagates."""
         values = {"result": result, "error_type": None, "error_message": None}
         done = functools.partial(effect, claim=claim, result=result) if effect else None
-        if self._end(claim.job_id, claim.attempt, JobStatus.SUCCEEDED, values, done):
+        if self._end(claim, JobStatus.SUCCEEDED, values, done):
             return JobStatus.SUCCEEDED
-        if self._end(claim.job_id, claim.attempt, JobStatus.CANCELLED, values):
+        if self._end(claim, JobStatus.CANCELLED, values):
             return JobStatus.CANCELLED
         log.warning("stale attempt %d: result dropped job_id=%s", claim.attempt, claim.job_id)
         return None
@@ -165,7 +186,11 @@ class Lifecycle:
                 }
             else:
                 ended = self._settle_each(repo, results, now)
+            deliveries = self._record(
+                session, [c.ended(s, r) for c, r in results if (s := ended[c.job_id])]
+            )
         self._announce_many(ended)
+        self._publish(deliveries)
         return ended
 
     def _settle_each(
@@ -221,13 +246,13 @@ class Lifecycle:
 
     def fail(self, claim: Claim, error_type: str, message: str) -> bool:
         values = {"error_type": error_type[:64], "error_message": message[:2000]}
-        return self._end(claim.job_id, claim.attempt, JobStatus.FAILED, values)
+        return self._end(claim, JobStatus.FAILED, values)
 
     def cancelled(self, claim: Claim, partial: dict[str, Any] | None = None) -> bool:
         """The runner stopped on a cancel request: record the job as cancelled, with the
         partial result when the runner has one."""
         values = {"result": partial} if partial is not None else {}
-        return self._end(claim.job_id, claim.attempt, JobStatus.CANCELLED, values)
+        return self._end(claim, JobStatus.CANCELLED, values)
 
     def release(self, claim: Claim) -> bool:
         """Give a running job back to the queue (a retryable failure); the caller republishes."""
@@ -241,24 +266,35 @@ class Lifecycle:
 
     def _end(
         self,
-        job_id: str,
-        attempt: int,
+        claim: Claim,
         status: JobStatus,
         values: dict[str, Any],
         effect: Callable[[Session], None] | None = None,
     ) -> bool:
-        """A terminal write from whichever live status allows it, then a notice."""
+        """A terminal write from whichever live status allows it (with its effect and its
+        webhook events, in one transaction), then a notice."""
         sources = [s for s in LIVE if status in ALLOWED[JobStatus(s)]]
         if status is JobStatus.SUCCEEDED:
             sources = [JobStatus.RUNNING.value]  # a cancelling job ends cancelled instead
         now = datetime.now(UTC)
         final = {**values, "status": status.value, "finished_at": now, "lease_expires_at": None}
+        deliveries: list[str] = []
         with self.sessions.begin() as session:
             ended = JobRepo(session).update_where(
-                job_id, statuses=sources, attempt=attempt, values=final
+                claim.job_id, statuses=sources, attempt=claim.attempt, values=final
             )
             if ended and effect is not None:
                 effect(session)
+            if ended:
+                deliveries = self._record(session, [claim.ended(status, values.get("result"))])
         if ended:
-            self.events.announce(job_id, status.value)
+            self.events.announce(claim.job_id, status.value)
+            self._publish(deliveries)
         return ended
+
+    def _record(self, session: Session, ended: Sequence[Ended]) -> list[str]:
+        return self.outbox.record(session, ended) if self.outbox and ended else []
+
+    def _publish(self, deliveries: Sequence[str]) -> None:
+        if self.outbox is not None:
+            self.outbox.publish(deliveries)

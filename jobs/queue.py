@@ -3,6 +3,7 @@
 Messages carry a job id and nothing else; SQL holds the spec and the result.
 """
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from celery import Celery
@@ -13,6 +14,7 @@ from jobs.broker import TRANSPORT
 from jobs.catalog import CATALOG, KindEntry
 from jobs.errors import BrokerUnavailableError
 from jobs.settings import JobsSettings
+from jobs.webhooks import WEBHOOK_QUEUE, WEBHOOK_TASK
 
 
 def celery_config(settings: JobsSettings) -> dict[str, Any]:
@@ -41,7 +43,10 @@ def celery_config(settings: JobsSettings) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        "task_routes": {entry.task_name: {"queue": entry.queue} for entry in CATALOG.values()},
+        "task_routes": {
+            **{entry.task_name: {"queue": entry.queue} for entry in CATALOG.values()},
+            WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
+        },
         "task_default_queue": "cpu.ping",
         "worker_hijack_root_logger": False,
     }
@@ -68,3 +73,12 @@ class CeleryPublisher:
             self.app.send_task(entry.task_name, args=[job_id], queue=entry.queue)
         except (KombuError, RedisError, OSError) as exc:
             raise BrokerUnavailableError(f"broker unavailable: {type(exc).__name__}") from None
+
+
+def publish_deliveries(app: Celery, delivery_ids: Sequence[str]) -> None:
+    """Put webhook delivery ids on the webhooks queue (one message each)."""
+    try:
+        for delivery_id in delivery_ids:
+            app.send_task(WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE)
+    except (KombuError, RedisError, OSError) as exc:
+        raise BrokerUnavailableError(f"broker unavailable: {type(exc).__name__}") from None

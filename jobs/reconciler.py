@@ -10,6 +10,9 @@ next worker's claim takes it over as a new attempt. A job cancelled while its wo
 died ends cancelled. A job whose lease ran out on its last allowed attempt fails as
 `worker_lost` instead of looping (Celery has no redelivery cap).
 
+The same sweep re-publishes webhook deliveries that are due (a retry after its backoff,
+or one whose message was lost) and takes back those whose sender died mid-attempt.
+
 Every worker process runs the sweep; a Redis lock lets one of them sweep per interval.
 """
 
@@ -24,9 +27,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.catalog import get_entry
 from jobs.errors import BrokerUnavailableError
+from jobs.lifecycle import Claim
 from jobs.notify import JobEvents
 from jobs.queue import Publisher
 from jobs.status import HELD, JobStatus
+from jobs.webhook_delivery import Deliverer
+from jobs.webhooks import WebhookOutbox
 from storage.repos import JobRepo
 
 log = logging.getLogger(__name__)
@@ -43,11 +49,15 @@ class Reconciler:
         events: JobEvents,
         max_attempts: int,
         grace_s: float,
+        outbox: WebhookOutbox | None = None,
+        deliverer: Deliverer | None = None,
     ) -> None:
         self.sessions = sessions
         self.publisher = publisher
         self.events = events
         self.max_attempts = max_attempts
+        self.outbox = outbox
+        self.deliverer = deliverer
         # A lease must have been dead this long (one lease period by default): a worker
         # that missed a renewal or two (a database blip) is not taken over at once.
         self.grace_s = grace_s
@@ -59,21 +69,25 @@ class Reconciler:
         with self.sessions() as session:
             expired = JobRepo(session).expired_leases(HELD, cutoff, BATCH)
         requeued = lost = 0
-        for job_id, kind, attempt, status in expired:
-            if status == JobStatus.CANCELLING.value:
-                self._end(job_id, attempt, cutoff, JobStatus.CANCELLED, {})
+        for row in expired:
+            attempt = row.attempt
+            job = Claim(row.id, row.kind, row.tenant_id, attempt, {}, row.parent_id)
+            if row.status == JobStatus.CANCELLING.value:
+                self._end(job, cutoff, JobStatus.CANCELLED, {})
             elif attempt >= self.max_attempts:
-                lost += self._end(job_id, attempt, cutoff, JobStatus.FAILED, _lost(attempt))
-            elif self._requeue(job_id, attempt, cutoff):
+                lost += self._end(job, cutoff, JobStatus.FAILED, _lost(attempt))
+            elif self._requeue(row.id, attempt, cutoff):
                 requeued += 1
                 try:
-                    self.publisher.publish(get_entry(kind), job_id)
+                    self.publisher.publish(get_entry(row.kind), row.id)
                 except BrokerUnavailableError:
                     # Queued in SQL with no message: a client retry with its idempotency
                     # key publishes it again (issue 8's outbox sweep will too).
-                    log.warning("reconciler cannot publish job_id=%s: broker down", job_id)
+                    log.warning("reconciler cannot publish job_id=%s: broker down", row.id)
         if requeued or lost:
             log.warning("reconciler: %d job(s) given back to the queue, %d lost", requeued, lost)
+        if self.deliverer is not None and self.outbox is not None:
+            self.deliverer.sweep(self.outbox.publish)
         return requeued, lost
 
     def _requeue(self, job_id: str, attempt: int, cutoff: datetime) -> bool:
@@ -82,20 +96,22 @@ class Reconciler:
         values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None}
         return self._update(job_id, attempt, cutoff, JobStatus.RUNNING, values)
 
-    def _end(
-        self,
-        job_id: str,
-        attempt: int,
-        cutoff: datetime,
-        status: JobStatus,
-        values: dict[str, Any],
-    ) -> bool:
+    def _end(self, job: Claim, cutoff: datetime, status: JobStatus, values: dict[str, Any]) -> bool:
+        """The terminal write, fenced on the dead lease, with the job's webhook events."""
         final = {**values, "status": status.value, "finished_at": datetime.now(UTC)}
         final["lease_expires_at"] = None
         source = JobStatus.CANCELLING if status is JobStatus.CANCELLED else JobStatus.RUNNING
-        ended = self._update(job_id, attempt, cutoff, source, final)
+        deliveries: list[str] = []
+        with self.sessions.begin() as session:
+            ended = JobRepo(session).update_if_lease_expired(
+                job.job_id, source.value, job.attempt, cutoff, final
+            )
+            if ended and self.outbox is not None:
+                deliveries = self.outbox.record(session, [job.ended(status)])
         if ended:
-            self.events.announce(job_id, status.value)
+            self.events.announce(job.job_id, status.value)
+            if self.outbox is not None:
+                self.outbox.publish(deliveries)
         return ended
 
     def _update(

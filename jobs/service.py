@@ -42,6 +42,7 @@ from jobs.records import AuditPage, AuditView, JobPage, JobView
 from jobs.registry import ModelRegistry, split_model
 from jobs.specs import MAX_NEW_TOKENS, GenerateSpec
 from jobs.status import IN_FLIGHT, JobStatus, check_transition, is_terminal
+from jobs.webhooks import Ended, WebhookOutbox
 from storage.finetune_repos import AdapterRepo
 from storage.index_repos import IndexRepo
 from storage.repos import AuditRepo, JobPageQuery, JobRepo
@@ -75,6 +76,7 @@ class JobService:
         models: ModelRegistry,
         max_new_tokens: int = MAX_NEW_TOKENS,
         max_jobs_in_flight: int = 0,
+        outbox: WebhookOutbox | None = None,
     ) -> None:
         self.sessions = sessions
         self.publisher = publisher
@@ -84,6 +86,7 @@ class JobService:
         self.models = models
         self.max_new_tokens = max_new_tokens
         self.max_jobs_in_flight = max_jobs_in_flight  # per tenant; 0: no limit
+        self.outbox = outbox  # a job cancelled while queued records its webhook events
         self._in_flight: dict[str, tuple[int, float]] = {}  # tenant -> (count, valid until)
         self._quota_lock = threading.Lock()
         self.prompts = PromptFormats()
@@ -269,8 +272,14 @@ class JobService:
             if not JobRepo(session).update_where(job_id, statuses=[current.value], values=values):
                 raise SpecError("the job changed status while being cancelled; retry")
             AuditRepo(session).add(audit_event(who, "job.cancel_requested", {}, job_id=job_id))
+            deliveries = []
+            if target is JobStatus.CANCELLED and self.outbox is not None:
+                ended = Ended(job_id, row.tenant_id, row.kind, target.value, row.parent_id)
+                deliveries = self.outbox.record(session, [ended])
         if target is JobStatus.CANCELLED:
             self.events.announce(job_id, target.value)
+            if self.outbox is not None:
+                self.outbox.publish(deliveries)
         else:
             self.events.request_cancel(job_id)
         return self.get(who, job_id)

@@ -2,12 +2,13 @@
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.errors import ConfigError
@@ -54,8 +55,32 @@ class JobsSettings(BaseSettings):
     tenant_max_jobs_in_flight: int = Field(default=10_000, ge=0, le=10_000_000)
     # Index jobs embed through sub-jobs on the embed queue of about this many tokens each.
     index_embed_batch_tokens: int = Field(default=8192, ge=256, le=1_000_000)
+    # Webhooks: destinations in these networks (CIDR, JSON list) are allowed even though
+    # private; every other private, loopback, link-local or reserved address is refused.
+    webhook_allowed_networks: tuple[str, ...] = ()
+    # Plain-http webhook URLs (https only by default).
+    webhook_allow_http: bool = False
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # Waits before the 2nd, 3rd, ... attempt of a failed delivery (seconds); once used up
+    # the delivery fails. The default spreads 8 attempts over about 27 hours.
+    webhook_retry_delays_s: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_max_endpoints: int = Field(default=16, ge=1, le=1000)
     # Models allowed to run code shipped with them (trust_remote_code). Empty by default.
     trust_remote_code: frozenset[str] = frozenset()
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("webhook_retry_delays_s")
+    @classmethod
+    def _delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) > 20 or any(not 0 <= d <= 7 * 86400 for d in value):
+            raise ValueError("at most 20 delays, each from 0 to 604800 seconds")
+        return value
 
     def resolved_models_file(self, storage: StorageSettings) -> Path:
         return self.models_file or storage.data_dir / "models.json"

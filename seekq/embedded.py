@@ -37,7 +37,8 @@ class EmbeddedStack:
     # index jobs (which wait for the embed worker: never in the same single-slot worker),
     # searches on their own warm worker (the fast path), fine-tunes on theirs (hours of
     # training must not hold up any other queue), and OpenAI batches on theirs (a batch
-    # job follows its lines for up to 24 h; the lines run on the embed/generate workers).
+    # job follows its lines for up to 24 h; the lines run on the embed/generate workers),
+    # which also sends webhook deliveries.
     workers: dict[str, str] = field(
         default_factory=lambda: {
             "worker": "gpu.embed",
@@ -46,7 +47,7 @@ class EmbeddedStack:
             "worker-index": "cpu.index",
             "worker-search": "cpu.search",
             "worker-finetune": "gpu.finetune",
-            "worker-batch": "cpu.batch",
+            "worker-batch": "cpu.batch,cpu.webhooks",
         }
     )
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)

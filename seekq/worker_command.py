@@ -2,8 +2,9 @@
 
 Pools: generate and embed queues run on the threads pool (the task threads hand requests
 to the model's batching engine or the embed collector and wait), and so does a worker
-for the batch queue alone (batch jobs wait for their lines); other queues run one job at
-a time on the solo pool. `--pool` overrides.
+for the batch and webhooks queues (batch jobs wait for their lines, webhook deliveries
+for the receiver's answer); other queues run one job at a time on the solo pool.
+`--pool` overrides.
 """
 
 import json
@@ -15,6 +16,7 @@ from jobs.catalog import CATALOG, JobKind
 from jobs.catalog import queues as known_queues
 from jobs.registry import ModelKind, ModelRegistry
 from jobs.settings import get_jobs_settings
+from jobs.webhooks import WEBHOOK_QUEUE
 from seekq import logs
 from storage.settings import get_storage_settings
 
@@ -24,6 +26,7 @@ EMBED_QUEUE = CATALOG[JobKind.EMBED].queue
 INDEX_QUEUE = "cpu.index"
 SEARCH_QUEUE = "cpu.search"
 BATCH_QUEUE = CATALOG[JobKind.BATCH].queue
+WAITING_QUEUES = {BATCH_QUEUE, WEBHOOK_QUEUE}
 # A batch job mostly waits for its lines: one worker follows this many batches at once,
 # so one tenant's long batch never holds back another's.
 BATCH_SLOTS = 16
@@ -64,7 +67,7 @@ def _pool_for(queues: list[str], pool: str, concurrency: int | None) -> tuple[st
     has arrived while one runs. Other queues: one job at a time on the solo pool."""
     if pool != "auto":
         return pool, concurrency or 1
-    if queues == [BATCH_QUEUE]:
+    if set(queues) <= WAITING_QUEUES:
         return "threads", concurrency or BATCH_SLOTS
     if GENERATE_QUEUE not in queues and EMBED_QUEUE not in queues:
         return "solo", 1

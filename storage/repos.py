@@ -23,7 +23,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from storage.tables import ApiKeyRow, AuditEventRow, JobRow, TenantRow
 
@@ -136,16 +136,26 @@ class JobRepo:
 
     def expired_leases(
         self, statuses: Collection[str], cutoff: datetime, limit: int
-    ) -> list[tuple[str, str, int, str]]:
-        """(id, kind, attempt, status) of jobs in `statuses` whose lease ran out before
-        `cutoff`."""
+    ) -> Sequence[JobRow]:
+        """Jobs in `statuses` whose lease ran out before `cutoff` (their id, kind, tenant,
+        parent, attempt and status loaded; not the spec or result)."""
         query = (
-            select(JobRow.id, JobRow.kind, JobRow.attempt, JobRow.status)
+            select(JobRow)
+            .options(
+                load_only(
+                    JobRow.id,
+                    JobRow.kind,
+                    JobRow.tenant_id,
+                    JobRow.parent_id,
+                    JobRow.attempt,
+                    JobRow.status,
+                )
+            )
             .where(JobRow.status.in_(statuses), JobRow.lease_expires_at < cutoff)
             .order_by(JobRow.lease_expires_at)
             .limit(limit)
         )
-        return [(r.id, r.kind, r.attempt, r.status) for r in self.session.execute(query)]
+        return self.session.scalars(query).all()
 
     def update_if_lease_expired(
         self, job_id: str, status: str, attempt: int, cutoff: datetime, values: dict[str, Any]
@@ -212,7 +222,7 @@ class JobRepo:
     ) -> Row[Any] | None:
         """Move the job to `to_status` with attempt + 1 and a lease, when it is in one of
         `statuses` or in `expired_lease_statuses` with an expired lease. One round trip:
-        returns kind, tenant_id, attempt and spec of the claimed row, or None."""
+        returns the claimed row's CLAIMED columns, or None."""
         query = _claim_statement(tuple(statuses), tuple(expired_lease_statuses))
         params = {"job_id": job_id, "now": now, "to_status": to_status}
         params.update(lease_until=lease_until, worker=worker)
@@ -229,8 +239,8 @@ class JobRepo:
         lease_until: datetime,
         worker: str,
     ) -> Sequence[Row[Any]]:
-        """`claim` for many jobs in one statement: the claimed rows (id, kind, tenant_id,
-        attempt, spec), in no particular order; jobs it could not claim are absent."""
+        """`claim` for many jobs in one statement: the claimed rows (CLAIMED columns), in
+        no particular order; jobs it could not claim are absent."""
         query = _claim_many_statement(tuple(statuses), tuple(expired_lease_statuses))
         params = {"job_ids": list(job_ids), "now": now, "to_status": to_status}
         params.update(lease_until=lease_until, worker=worker)
@@ -292,6 +302,18 @@ def _update_many_statement(statuses: tuple[str, ...], keys: tuple[str, ...]) -> 
     return query.values({key: bindparam(f"v_{key}") for key in keys})
 
 
+# What a claim returns: everything a worker needs to run the job.
+CLAIMED = (
+    JOBS.c.id,
+    JOBS.c.kind,
+    JOBS.c.tenant_id,
+    JOBS.c.attempt,
+    JOBS.c.spec,
+    JOBS.c.parent_id,
+    JOBS.c.priority,
+)
+
+
 @lru_cache(maxsize=16)
 def _claim_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any:
     now: BindParameter[datetime] = bindparam("now")
@@ -300,7 +322,7 @@ def _claim_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any
         update(JOBS)
         .where(JOBS.c.id == bindparam("job_id"), or_(JOBS.c.status.in_(statuses), lease_expired))
         .values(_claimed_values(now))
-        .returning(JOBS.c.kind, JOBS.c.tenant_id, JOBS.c.attempt, JOBS.c.spec)
+        .returning(*CLAIMED)
     )
 
 
@@ -313,7 +335,7 @@ def _claim_many_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -
         update(JOBS)
         .where(wanted, or_(JOBS.c.status.in_(statuses), lease_expired))
         .values(_claimed_values(now))
-        .returning(JOBS.c.id, JOBS.c.kind, JOBS.c.tenant_id, JOBS.c.attempt, JOBS.c.spec)
+        .returning(*CLAIMED)
     )
 
 

@@ -1,5 +1,6 @@
 """SQLAlchemy 2.0 typed tables: tenants, API keys, jobs, audit events, uploaded files,
-vector indexes with their documents and chunks, LoRA adapters and fine-tune events."""
+vector indexes with their documents and chunks, LoRA adapters and fine-tune events,
+webhook endpoints and their deliveries."""
 
 from datetime import UTC, datetime
 from typing import Any
@@ -103,6 +104,9 @@ class JobRow(Base):
     parent_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     # Live progress of a long job (index jobs: documents_total, documents_done, chunks).
     progress: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Tokens the job puts in the queue (estimated at submit: input + most output), counted
+    # against the tenant's enqueued-tokens quota while it is queued or running.
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class AuditEventRow(Base):
@@ -252,3 +256,54 @@ class FineTuneEventRow(Base):
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpointRow(Base):
+    """A tenant's webhook URL and the event types it receives. Its signing secret is never
+    stored: it is derived from the server secret, the endpoint id and `secret_version`
+    (a rotation bumps the version; the previous one may stay valid until
+    `previous_secret_until`). A deleted endpoint keeps its row (`deleted_at`), so events
+    already recorded for it never point at nothing."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # we_<32 hex>
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[str]] = mapped_column(JsonType)
+    secret_version: Mapped[int] = mapped_column(Integer, default=1)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookDeliveryRow(Base):
+    """One event for one endpoint: written in the same transaction as the job's terminal
+    status (an outbox), then POSTed until the endpoint answers 2xx or the retries run
+    out. The payload holds ids only, never job input or output."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # evt_<32 hex>
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # While a sender holds it ("sending"): until when. Past it, the sweep takes it back.
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    # When its id was last put on the queue (None: due to be published by the sweep).
+    published_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -26,6 +26,8 @@ from jobs.queue import make_celery
 from jobs.reconciler import ReconcilerThread
 from jobs.settings import get_jobs_settings
 from jobs.streams import TokenStreams
+from jobs.webhook_delivery import Deliverer
+from jobs.webhooks import WEBHOOK_TASK
 from workers.cancel import CancelWatch
 from workers.embed_batch import EmbedBatch, EmbedCollector
 from workers.execution import LeaseKeeper, Outcome, execute
@@ -55,6 +57,7 @@ class WorkerState:
         self.metrics: GenerationMetrics | None = None
         self.embeds: EmbedCollector | None = None  # built by the first embed task
         self.reconciler: ReconcilerThread | None = None
+        self.deliverer: Deliverer | None = None
         self._embeds_lock = threading.Lock()
 
     def start(self, **_: Any) -> None:
@@ -78,6 +81,7 @@ class WorkerState:
             context=self.context,
         )
         self.pool.preload()
+        self.deliverer = self.context.deliverer()
         every_s = self.context.settings.reconcile_every_s
         if every_s > 0:
             self.reconciler = ReconcilerThread(
@@ -136,6 +140,7 @@ def create_worker_app() -> Celery:
     state = WorkerState()
     for entry in CATALOG.values():
         _register(app, entry, state)
+    _register_webhooks(app, state)
     worker_process_init.connect(state.start, weak=False)
     worker_init.connect(state.start_threads_pool, weak=False)
     worker_process_shutdown.connect(state.stop, weak=False)
@@ -167,6 +172,18 @@ def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
         time_limit=entry.time_limit_s,
         soft_time_limit=entry.soft_time_limit_s,
     )
+
+
+def _register_webhooks(app: Celery, state: WorkerState) -> None:
+    """One attempt of a webhook delivery; its retries are scheduled in SQL (the reconciler
+    re-publishes a delivery when its backoff is over), never by Celery countdowns."""
+
+    def deliver(delivery_id: str) -> str | None:
+        if state.deliverer is None:
+            raise RuntimeError("worker process was not initialised (worker_process_init)")
+        return state.deliverer.deliver(delivery_id)
+
+    app.task(deliver, name=WEBHOOK_TASK, acks_late=True, time_limit=120, soft_time_limit=100)
 
 
 def _batched(state: WorkerState) -> Work:
