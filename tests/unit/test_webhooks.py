@@ -159,7 +159,7 @@ class Receiver(http.server.BaseHTTPRequestHandler):
     seen: list[tuple[str, dict[str, str], bytes]] = []
     delay_s = 0.0
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         headers = {k.lower(): v for k, v in self.headers.items()}
         type(self).seen.append((self.path, headers, body))
@@ -215,7 +215,7 @@ def test_error_answers_and_redirects_are_failed_attempts(
 
 def test_a_slow_or_absent_receiver_is_a_failed_attempt(receiver: str) -> None:
     Receiver.delay_s = 1.0
-    with pytest.raises(DeliveryError, match="no answer within 0.3 s"):
+    with pytest.raises(DeliveryError, match=r"no answer within 0\.3 s"):
         loopback_sender(0.3).post(receiver, b"{}", {})
     closed = "http://hooks.test:9/hook"  # the discard port: nothing listens
     with pytest.raises(DeliveryError, match="connection failed"):
