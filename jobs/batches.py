@@ -160,7 +160,7 @@ class BatchService:
             seconds = window_seconds(body.completion_window)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
-        endpoint = self.files.batch_endpoint(who.tenant_id, body.input_file_id)
+        endpoint, tokens = self.files.batch_input(who.tenant_id, body.input_file_id)
         if endpoint != body.endpoint:
             raise SpecError(
                 f"endpoint: the input file's requests call {endpoint}, not {body.endpoint}"
@@ -174,7 +174,12 @@ class BatchService:
         if body.metadata:
             spec["metadata"] = body.metadata
         submitted = self.jobs.submit(
-            who, JobKind.BATCH.value, spec, priority=BATCH_PRIORITY, idempotency_key=idempotency_key
+            who,
+            JobKind.BATCH.value,
+            spec,
+            priority=BATCH_PRIORITY,
+            idempotency_key=idempotency_key,
+            tokens=tokens,
         )
         return BatchView.from_job(submitted.job)
 

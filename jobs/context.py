@@ -21,6 +21,7 @@ from jobs.lifecycle import Lifecycle
 from jobs.notify import JobEvents
 from jobs.pii import PiiMasker
 from jobs.queue import CeleryPublisher, make_celery, publish_deliveries
+from jobs.quota import TenantQuota
 from jobs.reconciler import Reconciler
 from jobs.registry import ModelRegistry
 from jobs.service import JobService
@@ -79,7 +80,9 @@ class JobsContext:
             derive_key(secret, "request"),
             models,
             settings.max_new_tokens,
-            settings.tenant_max_jobs_in_flight,
+            TenantQuota(
+                sessions, settings.tenant_max_jobs_in_flight, settings.tenant_max_enqueued_tokens
+            ),
             outbox,
         )
         keys = KeyStore(sessions, derive_key(secret, "api-key"))

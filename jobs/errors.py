@@ -131,7 +131,7 @@ class ConfigError(PermanentError):
 
 
 class QuotaExceededError(RetryableError):
-    """The tenant has `tenant_max_jobs_in_flight` jobs queued or running: try again later."""
+    """The tenant has its quota of jobs (or input tokens) queued or running: try later."""
 
 
 class BrokerUnavailableError(RetryableError):

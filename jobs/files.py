@@ -26,6 +26,7 @@ from jobs.index_records import FilePage, FileView
 from jobs.index_specs import FILE_ID_PATTERN
 from jobs.keys import Principal
 from jobs.pii import PiiMasker
+from jobs.quota import request_tokens
 from jobs.service import audit_event
 from storage.artifacts import ArtifactNotFoundError, ArtifactStore
 from storage.index_repos import FileRepo
@@ -138,6 +139,7 @@ class FileService:
             size_bytes=len(data),
             media_type=f"application/jsonl; endpoint={batch.url}",
             documents=len(batch.lines),
+            tokens=sum(request_tokens(line["body"]) for line in batch.lines),
             status_details=None,
             entity_counts=dict(Counter(name_counts) + Counter(batch.entity_counts)),
         )
@@ -157,14 +159,15 @@ class FileService:
         )
         return self._save(who, row, content)
 
-    def batch_endpoint(self, tenant_id: str, file_id: str) -> str:
-        """The endpoint a batch input file's requests call (its row only)."""
+    def batch_input(self, tenant_id: str, file_id: str) -> tuple[str, int]:
+        """The endpoint a batch input file's requests call and their input tokens (its
+        row only)."""
         with self.sessions() as session:
             row = self._row(session, tenant_id, file_id)
-            purpose, media_type = row.purpose, row.media_type
+            purpose, media_type, tokens = row.purpose, row.media_type, row.tokens
         if purpose != BATCH:
             raise SpecError(f"{file_id} is a '{purpose}' file, not a batch input file")
-        return media_type.partition("endpoint=")[2]
+        return media_type.partition("endpoint=")[2], tokens
 
     def batch_lines(self, tenant_id: str, file_id: str) -> list[dict[str, Any]]:
         """The masked request lines of a batch input file."""

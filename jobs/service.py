@@ -11,8 +11,6 @@ import hmac
 import json
 import logging
 import re
-import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,7 +27,6 @@ from jobs.errors import (
     IndexNotFoundError,
     JobNotFoundError,
     ModelNotFoundError,
-    QuotaExceededError,
     SpecError,
 )
 from jobs.index_specs import IndexSpec, SearchSpec
@@ -38,10 +35,11 @@ from jobs.notify import JobEvents
 from jobs.pii import POLICY_VERSION, PiiMasker
 from jobs.prompts import PromptFormats
 from jobs.queue import Publisher
+from jobs.quota import TenantQuota, estimate_tokens
 from jobs.records import AuditPage, AuditView, JobPage, JobView
 from jobs.registry import ModelRegistry, split_model
 from jobs.specs import MAX_NEW_TOKENS, GenerateSpec
-from jobs.status import IN_FLIGHT, JobStatus, check_transition, is_terminal
+from jobs.status import JobStatus, check_transition, is_terminal
 from jobs.webhooks import Ended, WebhookOutbox
 from storage.finetune_repos import AdapterRepo
 from storage.index_repos import IndexRepo
@@ -50,7 +48,6 @@ from storage.tables import AuditEventRow, JobRow
 
 log = logging.getLogger(__name__)
 
-QUOTA_RECOUNT_S = 1.0
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_PAGE = 200
 
@@ -75,7 +72,7 @@ class JobService:
         request_key: bytes,
         models: ModelRegistry,
         max_new_tokens: int = MAX_NEW_TOKENS,
-        max_jobs_in_flight: int = 0,
+        quota: TenantQuota | None = None,
         outbox: WebhookOutbox | None = None,
     ) -> None:
         self.sessions = sessions
@@ -85,10 +82,8 @@ class JobService:
         self.request_key = request_key
         self.models = models
         self.max_new_tokens = max_new_tokens
-        self.max_jobs_in_flight = max_jobs_in_flight  # per tenant; 0: no limit
+        self.quota = quota or TenantQuota(sessions, 0, 0)  # jobs in flight, enqueued tokens
         self.outbox = outbox  # a job cancelled while queued records its webhook events
-        self._in_flight: dict[str, tuple[int, float]] = {}  # tenant -> (count, valid until)
-        self._quota_lock = threading.Lock()
         self.prompts = PromptFormats()
         # Kind-specific checks before a job is queued (a fine-tune's dataset), added by
         # the services that own them: (who, parsed spec) -> None, raising to refuse.
@@ -102,7 +97,10 @@ class JobService:
         *,
         priority: int = 5,
         idempotency_key: str | None = None,
+        tokens: int | None = None,
     ) -> Submitted:
+        """Queue a job. `tokens`: its enqueued input tokens when the caller knows better
+        than the spec's text (a batch: its input file's estimate)."""
         entry = get_entry(kind)
         parsed = parse_spec(entry, spec)
         if entry.model_kind is not None:
@@ -121,7 +119,8 @@ class JobService:
             self._check_index(who, parsed.index)
         if entry.kind in self.checks:
             self.checks[entry.kind](who, parsed)
-        self._check_quota(who)
+        row.tokens = estimate_tokens(entry.kind.value, row.spec) if tokens is None else tokens
+        self.quota.check(who.tenant_id, row.tokens)
         try:
             self._commit_new(who, entry, row, counts)
         except IntegrityError:
@@ -174,31 +173,6 @@ class JobService:
         with self.sessions() as session:
             if AdapterRepo(session).find(who.tenant_id, base, adapter) is None:
                 raise ModelNotFoundError(f"no fine-tuned model named '{name}'")
-
-    def _check_quota(self, who: Principal) -> None:
-        """The tenant's jobs in flight against its quota. Counting in SQL at every submit
-        cost ~0.25 ms each (bench Q1), so a count far below the quota is reused for up to
-        QUOTA_RECOUNT_S (with this process's own submits added); near the quota it is
-        counted afresh every time. Other processes' submits within that second can take
-        a tenant at most that far past a quota it was well below."""
-        limit = self.max_jobs_in_flight
-        if not limit:
-            return
-        now = time.monotonic()
-        with self._quota_lock:
-            cached = self._in_flight.get(who.tenant_id)
-            if cached is not None and cached[1] > now and cached[0] + 1 < limit * 0.9:
-                self._in_flight[who.tenant_id] = (cached[0] + 1, cached[1])
-                return
-        with self.sessions() as session:
-            in_flight = JobRepo(session).count_in_flight(who.tenant_id, IN_FLIGHT)
-        if in_flight >= limit:
-            raise QuotaExceededError(
-                f"this tenant has {in_flight} jobs queued or running, its quota is "
-                f"{limit}: retry once some have finished"
-            )
-        with self._quota_lock:
-            self._in_flight[who.tenant_id] = (in_flight + 1, now + QUOTA_RECOUNT_S)
 
     def _check_index(self, who: Principal, name: str) -> None:
         with self.sessions() as session:

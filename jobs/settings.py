@@ -53,6 +53,9 @@ class JobsSettings(BaseSettings):
     # are held back by the windows above); more are refused with 429 + Retry-After at
     # submit instead of growing the queue without bound. 0: no limit.
     tenant_max_jobs_in_flight: int = Field(default=10_000, ge=0, le=10_000_000)
+    # Input tokens (estimated: UTF-8 bytes / 4) a tenant may have queued or running, as
+    # OpenAI's batch queue limit; a batch counts its whole input file. 0: no limit.
+    tenant_max_enqueued_tokens: int = Field(default=50_000_000, ge=0, le=10**12)
     # Index jobs embed through sub-jobs on the embed queue of about this many tokens each.
     index_embed_batch_tokens: int = Field(default=8192, ge=256, le=1_000_000)
     # Webhooks: destinations in these networks (CIDR, JSON list) are allowed even though

@@ -176,14 +176,16 @@ class JobRepo:
         assert isinstance(result, CursorResult)
         return result.rowcount == 1
 
-    def count_in_flight(self, tenant_id: str, statuses: Collection[str]) -> int:
-        """The tenant's top-level jobs in `statuses` (ix_jobs_tenant_status)."""
-        query = select(func.count()).where(
+    def in_flight_totals(self, tenant_id: str, statuses: Collection[str]) -> tuple[int, int]:
+        """(jobs, their tokens) of the tenant's top-level jobs in `statuses`
+        (ix_jobs_tenant_status): what the quotas count."""
+        query = select(func.count(), func.coalesce(func.sum(JobRow.tokens), 0)).where(
             JobRow.tenant_id == tenant_id,
             JobRow.status.in_(statuses),
             JobRow.parent_id.is_(None),
         )
-        return int(self.session.scalar(query) or 0)
+        jobs, tokens = self.session.execute(query).one()
+        return int(jobs or 0), int(tokens or 0)
 
     def find_state(self, job_id: str, tenant_id: str | None = None) -> tuple[str, int] | None:
         """(status, attempt) without loading the spec or the result."""

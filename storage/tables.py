@@ -140,6 +140,8 @@ class FileRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))  # of the stored (masked) documents
     artifact_key: Mapped[str] = mapped_column(String(512))
     documents: Mapped[int] = mapped_column(Integer)
+    # A batch input file's requests' input tokens (estimated): what its batch enqueues.
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     status_details: Mapped[str | None] = mapped_column(Text, default=None)
     entity_counts: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,4 +1,4 @@
-"""webhook endpoints and deliveries; jobs.tokens
+"""webhook endpoints and deliveries; jobs.tokens, files.tokens
 
 Revision ID: 0005
 Revises: 0004
@@ -88,8 +88,15 @@ def upgrade() -> None:
             sa.Column("tokens", sa.BigInteger(), nullable=False, server_default=sa.text("0"))
         )
 
+    with op.batch_alter_table("files", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("tokens", sa.BigInteger(), nullable=False, server_default=sa.text("0"))
+        )
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("files", schema=None) as batch_op:
+        batch_op.drop_column("tokens")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("tokens")
 
