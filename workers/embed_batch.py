@@ -237,7 +237,9 @@ class EmbedBatch:
     def _run_alone(self, job: _Job) -> Answer:
         """The job on its own, recorded as `execute` records a job it has claimed."""
         claim = job.claim
-        running = RunningJob(claim.job_id, claim.attempt, job.stop.is_set, claim.tenant_id)
+        running = RunningJob(
+            claim.job_id, claim.attempt, job.stop.is_set, claim.tenant_id, claim.priority
+        )
         try:
             result = run_embed(job.spec, self.pool, running)
         except JobCancelledError as exc:

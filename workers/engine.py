@@ -79,6 +79,9 @@ class Request:
     stream: bool = False
     should_stop: Callable[[], bool] = lambda: False
     adapter: AdapterRef | None = None  # a LoRA adapter on the base model; None: the base
+    # 0 lowest, 9 highest: waiting requests are admitted highest first, then oldest first
+    # (an interactive chat ahead of batch lines that reached the engine before it).
+    priority: int = 5
     future: "Future[Generation]" = field(default_factory=Future)
     received_at: float = field(default_factory=time.perf_counter)
 
@@ -303,7 +306,14 @@ class GenerationEngine:
             self._waited_steps += 1
             return []
         self._waited_steps = 0
-        return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        if free >= len(self._waiting):
+            admitted, self._waiting = list(self._waiting), deque()
+            return admitted
+        # Highest priority first; sorted() is stable, so arrival order within a priority.
+        ranked = sorted(self._waiting, key=lambda r: -r.priority)
+        admitted, rest = ranked[:free], ranked[free:]
+        self._waiting = deque(sorted(rest, key=lambda r: r.received_at))
+        return admitted
 
     def _collect(self, block: bool) -> None:
         """Move submitted requests from the inbox to the waiting line."""

@@ -133,7 +133,9 @@ def execute(
     with _kept(leases, cancels, lifecycle, claim) as stop:
         try:
             result = runner(
-                spec, pool, RunningJob(job_id, claim.attempt, stop.is_set, claim.tenant_id)
+                spec,
+                pool,
+                RunningJob(job_id, claim.attempt, stop.is_set, claim.tenant_id, claim.priority),
             )
         except JobCancelledError as exc:
             return Outcome(job_id, record_cancel(lifecycle, claim, exc.partial))

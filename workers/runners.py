@@ -34,6 +34,7 @@ class RunningJob:
     # True once the job's cancel is requested or its attempt lost the job; cheap to call.
     should_stop: ShouldStop
     tenant_id: str = ""
+    priority: int = 5  # 0 lowest, 9 highest: the generation engine admits higher first
 
 
 Runner = Callable[[BaseModel, ModelPool, RunningJob], BaseModel]
@@ -65,7 +66,15 @@ def run_generate(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel
     if spec.stream and job.attempt > 1 and pool.streams is not None:
         pool.streams([StreamEntry(job.job_id, restart=job.attempt)])
     params = sampling_params(spec)
-    request = Request(job.job_id, prompt_ids, params, spec.stream, job.should_stop, adapter=ref)
+    request = Request(
+        job.job_id,
+        prompt_ids,
+        params,
+        spec.stream,
+        job.should_stop,
+        adapter=ref,
+        priority=job.priority,
+    )
     result = generate_result(spec.model, lm.engine.submit(request).result())
     if result.finish_reason == "cancelled":
         raise JobCancelledError("cancelled while generating", result.model_dump(mode="json"))

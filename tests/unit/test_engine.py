@@ -2,6 +2,7 @@
 greedy text, static and continuous agree, cancels end waiting and running requests."""
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,33 @@ def test_a_dead_engine_is_replaced_by_the_pool(tmp_path: Path) -> None:
         assert done.completion_tokens >= 1
     finally:
         pool.close()
+
+
+def test_waiting_requests_are_admitted_by_priority_then_arrival(
+    loaded: tuple[object, object],
+) -> None:
+    """One slot, busy: batch lines (priority 2) wait, then a chat request (8) arrives. It
+    runs next, ahead of lines that reached the engine before it; the lines keep their order."""
+    model, tokenizer = loaded
+    engine = GenerationEngine("one", model, tokenizer, max_batch=1)  # type: ignore[arg-type]
+    finished: list[str] = []
+    try:
+        busy = request(engine, PROMPTS[0], seed=3, max_new_tokens=30)  # runs all 30 steps
+        lines = [request(engine, PROMPTS[1], max_new_tokens=4) for _ in range(3)]
+        chat = request(engine, PROMPTS[2], max_new_tokens=4)
+        for name, req, priority in [
+            ("busy", busy, 5),
+            *[(f"line-{i}", r, 2) for i, r in enumerate(lines)],
+            ("chat", chat, 8),
+        ]:
+            req.key, req.priority = name, priority
+            req.future.add_done_callback(lambda _f, n=name: finished.append(n))  # type: ignore[misc]
+            engine.submit(req)
+            while name == "busy" and engine.running == 0:  # it holds the slot first
+                time.sleep(0.001)
+        chat.future.result(timeout=60)
+        for r in lines:
+            r.future.result(timeout=60)
+        assert finished == ["busy", "chat", "line-0", "line-1", "line-2"]
+    finally:
+        engine.close()
