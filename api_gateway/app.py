@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from api_gateway import errors, streaming
 from api_gateway.limits import BodySizeLimit
+from api_gateway.metrics import GatewayMetrics, MetricsMiddleware
 from api_gateway.routes import (
     batches,
     files,
@@ -36,6 +37,7 @@ def create_app(
         app.state.context = context or JobsContext.create()
         app.state.settings = settings
         app.state.stream_redis = streaming.connect(app.state.context.settings.broker_url)
+        metrics.watch_queues(app.state.context.redis)
         yield
         await app.state.stream_redis.aclose()
         if owned:
@@ -47,6 +49,8 @@ def create_app(
         summary="Queue-native jobs for LLM workloads: native and OpenAI-compatible API",
         lifespan=lifespan,
     )
+    metrics = GatewayMetrics()
+    app.state.metrics = metrics
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
@@ -64,4 +68,5 @@ def create_app(
         upload_max_bytes=max_file_bytes + UPLOAD_FRAMING_BYTES,
         upload_paths=frozenset({"/v1/files"}),
     )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: a 413 is timed too
     return app

@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +15,10 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # How long synchronous endpoints (/v1/embeddings) wait for their job.
     wait_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    # When set, GET /metrics asks for `Authorization: Bearer <this>` (Prometheus's
+    # `authorization` / `bearer_token_file`); unset, it is open, like most exporters:
+    # it holds route templates and counts, no tenant data.
+    metrics_token: SecretStr | None = None
 
 
 @lru_cache

@@ -17,7 +17,7 @@ from jobs.files import FileService
 from jobs.finetunes import FineTuneService
 from jobs.indexes import IndexService
 from jobs.keys import KeyStore
-from jobs.lifecycle import Lifecycle
+from jobs.lifecycle import EndObserver, Lifecycle
 from jobs.notify import JobEvents
 from jobs.pii import PiiMasker
 from jobs.queue import CeleryPublisher, make_celery, publish_deliveries
@@ -54,6 +54,8 @@ class JobsContext:
     batches: BatchService
     webhooks: WebhookService
     outbox: WebhookOutbox
+    # Told of every attempt's end by the lifecycles this context makes (worker metrics).
+    end_observer: EndObserver | None = None
 
     @classmethod
     def create(
@@ -130,7 +132,14 @@ class JobsContext:
 
     def lifecycle(self, worker: str | None = None) -> Lifecycle:
         name = worker or f"{socket.gethostname()}:{os.getpid()}"
-        return Lifecycle(self.sessions, self.events, self.settings.lease_s, name, self.outbox)
+        return Lifecycle(
+            self.sessions,
+            self.events,
+            self.settings.lease_s,
+            name,
+            self.outbox,
+            self.end_observer,
+        )
 
     def deliverer(self) -> Deliverer:
         """Sends webhook deliveries (the worker's webhook task, the reconciler's sweep)."""

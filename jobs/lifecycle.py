@@ -39,12 +39,22 @@ class Claim:
     spec: dict[str, Any]
     parent_id: str | None = None
     priority: int = 5
+    created_at: datetime | None = None  # when the job was submitted
+    claimed_at: datetime | None = None  # when this attempt claimed it
 
     @classmethod
-    def of(cls, row: Any) -> "Claim":
+    def of(cls, row: Any, claimed_at: datetime | None = None) -> "Claim":
         """From a JobRow or a claim's returned row (storage.repos.CLAIMED columns)."""
         return cls(
-            row.id, row.kind, row.tenant_id, row.attempt, row.spec, row.parent_id, row.priority
+            row.id,
+            row.kind,
+            row.tenant_id,
+            row.attempt,
+            row.spec,
+            row.parent_id,
+            row.priority,
+            row.created_at,
+            claimed_at,
         )
 
     def ended(self, status: JobStatus, result: dict[str, Any] | None = None) -> Ended:
@@ -57,6 +67,13 @@ class Effect(Protocol):
     """Rows a job's success writes with it, in the same transaction (a fine-tune's adapter)."""
 
     def __call__(self, session: Session, *, claim: Claim, result: dict[str, Any]) -> None: ...
+
+
+class EndObserver(Protocol):
+    """Told of every attempt's end after its write committed (worker metrics): `status`
+    succeeded / failed / cancelled, or "retried" for an attempt given back to the queue."""
+
+    def __call__(self, claim: Claim, status: str, error_type: str | None) -> None: ...
 
 
 class LeaseHeldError(RetryableError):
@@ -75,12 +92,14 @@ class Lifecycle:
         lease_s: float,
         worker: str,
         outbox: WebhookOutbox | None = None,
+        observer: EndObserver | None = None,
     ) -> None:
         self.sessions = sessions
         self.events = events
         self.lease_s = lease_s
         self.worker = worker
         self.outbox = outbox  # a terminal write records its webhook events with it
+        self.observer = observer
 
     def claim(self, job_id: str) -> Claim | None:
         """The claimed job, or None when there is nothing to run (terminal, unknown)."""
@@ -98,7 +117,7 @@ class Lifecycle:
             )
             row = None if claimed else repo.find(job_id)
         if claimed is not None:
-            return Claim.of(claimed)
+            return Claim.of(claimed, now)
         if row is None:
             log.warning("message for an unknown job dropped job_id=%s", job_id)
             return None
@@ -121,7 +140,7 @@ class Lifecycle:
                 lease_until=now + timedelta(seconds=self.lease_s),
                 worker=self.worker,
             )
-        return {r.id: Claim.of(r) for r in rows}
+        return {r.id: Claim.of(r, now) for r in rows}
 
     def _not_claimed(self, row: JobRow, now: datetime) -> None:
         status = JobStatus(row.status)
@@ -191,6 +210,9 @@ class Lifecycle:
             )
         self._announce_many(ended)
         self._publish(deliveries)
+        for claim, _ in results:
+            if (status := ended[claim.job_id]) is not None:
+                self._observe(claim, status.value, None)
         return ended
 
     def _settle_each(
@@ -254,15 +276,18 @@ class Lifecycle:
         values = {"result": partial} if partial is not None else {}
         return self._end(claim, JobStatus.CANCELLED, values)
 
-    def release(self, claim: Claim) -> bool:
+    def release(self, claim: Claim, error_type: str | None = None) -> bool:
         """Give a running job back to the queue (a retryable failure); the caller republishes."""
         with self.sessions.begin() as session:
-            return JobRepo(session).update_where(
+            released = JobRepo(session).update_where(
                 claim.job_id,
                 statuses=[JobStatus.RUNNING.value],
                 attempt=claim.attempt,
                 values={"status": JobStatus.QUEUED.value, "lease_expires_at": None},
             )
+        if released:
+            self._observe(claim, "retried", error_type)
+        return released
 
     def _end(
         self,
@@ -290,7 +315,16 @@ class Lifecycle:
         if ended:
             self.events.announce(claim.job_id, status.value)
             self._publish(deliveries)
+            self._observe(claim, status.value, values.get("error_type"))
         return ended
+
+    def _observe(self, claim: Claim, status: str, error_type: str | None) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(claim, status, error_type)
+        except Exception:  # metrics must never fail a job
+            log.exception("end observer failed job_id=%s", claim.job_id)
 
     def _record(self, session: Session, ended: Sequence[Ended]) -> list[str]:
         return self.outbox.record(session, ended) if self.outbox and ended else []

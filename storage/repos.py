@@ -313,6 +313,7 @@ CLAIMED = (
     JOBS.c.spec,
     JOBS.c.parent_id,
     JOBS.c.priority,
+    JOBS.c.created_at,
 )
 
 

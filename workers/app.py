@@ -23,6 +23,7 @@ from jobs.context import JobsContext
 from jobs.errors import RetryableError
 from jobs.lifecycle import LeaseHeldError
 from jobs.queue import make_celery
+from jobs.queue_depth import QueueDepth
 from jobs.reconciler import ReconcilerThread
 from jobs.settings import get_jobs_settings
 from jobs.streams import TokenStreams
@@ -31,6 +32,8 @@ from jobs.webhooks import WEBHOOK_TASK
 from workers.cancel import CancelWatch
 from workers.embed_batch import EmbedBatch, EmbedCollector
 from workers.execution import LeaseKeeper, Outcome, execute
+from workers.gpu_metrics import GpuCollector
+from workers.job_metrics import JobMetrics
 from workers.metrics import GenerationMetrics
 from workers.pool import ModelPool
 from workers.runners import RUNNERS
@@ -69,6 +72,10 @@ class WorkerState:
         self.context = JobsContext.create()
         self.cancels = CancelWatch(self.context.redis)
         self.metrics = GenerationMetrics()
+        job_metrics = JobMetrics(self.metrics.registry)
+        self.metrics.registry.register(QueueDepth(self.context.redis))
+        self.metrics.registry.register(GpuCollector())
+        self.context.end_observer = job_metrics.observe_end
         if settings.metrics_port is not None:
             port = self.metrics.serve(settings.metrics_port, settings.metrics_addr)
             log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, port)
@@ -79,6 +86,7 @@ class WorkerState:
             streams=streams.write,
             metrics=self.metrics,
             context=self.context,
+            on_load=job_metrics.observe_model_load,
         )
         self.pool.preload()
         self.deliverer = self.context.deliverer()

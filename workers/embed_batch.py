@@ -249,7 +249,7 @@ class EmbedBatch:
         except RetryableError as exc:
             if claim.attempt >= self.max_attempts:
                 return Outcome(claim.job_id, record_failure(self.lifecycle, claim, exc))
-            self.lifecycle.release(claim)
+            self.lifecycle.release(claim, type(exc).__name__)
             return exc
         except Exception as exc:  # a bug or a backend crash: the job fails with the class name
             log.exception("job crashed job_id=%s", claim.job_id)

@@ -144,7 +144,7 @@ def execute(
         except RetryableError as exc:
             if claim.attempt >= max_attempts:
                 return Outcome(job_id, record_failure(lifecycle, claim, exc))
-            lifecycle.release(claim)
+            lifecycle.release(claim, type(exc).__name__)
             raise
         except Exception as exc:  # a bug or a backend crash: the job fails with the class name
             log.exception("job crashed job_id=%s", job_id)

@@ -42,11 +42,13 @@ class ModelPool:
         streams: StreamWriter | None = None,
         metrics: EngineMetrics | None = None,
         context: "JobsContext | None" = None,
+        on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.streams = streams
         self.metrics = metrics
+        self.on_load = on_load  # (model name, seconds): each model loaded (worker metrics)
         # SQL, the broker and the producer side, for runners that read or submit jobs
         # themselves (index jobs fan embedding out; search jobs read chunks).
         self.context = context
@@ -133,7 +135,10 @@ class ModelPool:
     def _timed(self, entry: ModelEntry, load: Callable[[ModelEntry], T]) -> T:
         started = time.perf_counter()
         loaded = load(entry)
-        log.info("loaded %s in %.1fs", entry.name, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.info("loaded %s in %.1fs", entry.name, seconds)
+        if self.on_load is not None:
+            self.on_load(entry.name, seconds)
         return loaded
 
     def _load_embedder(self, entry: ModelEntry) -> Embedder:

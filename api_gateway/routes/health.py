@@ -1,13 +1,17 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and the Prometheus metrics."""
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+import hmac
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api_gateway.deps import ContextDep
+from api_gateway.deps import ContextDep, SettingsDep
 from api_gateway.schemas import Health
+from jobs.errors import AuthError
 
 router = APIRouter(tags=["health"])
 
@@ -42,3 +46,15 @@ def _check_broker(context: ContextDep) -> str:
     except RedisError as exc:
         return f"error: {type(exc).__name__}"
     return "ok"
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(request: Request, settings: SettingsDep) -> Response:
+    """Prometheus text format: request latency and errors by route, queue depth."""
+    if settings.metrics_token is not None:
+        expected = f"Bearer {settings.metrics_token.get_secret_value()}"
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise AuthError("metrics need 'Authorization: Bearer <SEEKQ_METRICS_TOKEN>'")
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -298,3 +298,29 @@ def test_seekq_generate_cli_streams_what_is_stored(stack: Stack, generator: Gene
     refused = seekq("hello " * 400, "--max-new-tokens", "300")
     assert refused.returncode == 1
     assert "400 context_length_exceeded" in refused.stdout and "Traceback" not in refused.stderr
+
+
+def test_worker_metrics_split_queue_wait_and_run_time(stack: Stack, generator: Generator) -> None:
+    """Job-level series of the worker, parsed with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    generate(stack, max_new_tokens=4, seed=2)
+    families = {
+        f.name: f for f in text_string_to_metric_families(httpx.get(generator.metrics_url).text)
+    }
+
+    def total(name: str, suffix: str, **labels: str) -> float:
+        samples = families[name].samples
+        wanted = [s for s in samples if s.name == name + suffix]
+        return sum(s.value for s in wanted if all(s.labels.get(k) == v for k, v in labels.items()))
+
+    job = {"kind": "generate", "model": TINY_MODEL}
+    assert total("seekq_job_queue_wait_seconds", "_count", **job) >= 1
+    assert total("seekq_job_run_seconds", "_count", **job) >= 1
+    assert total("seekq_job_run_seconds", "_sum", **job) > 0
+    assert total("seekq_jobs", "_total", **job, outcome="succeeded", error="none") >= 1
+    assert total("seekq_model_load_seconds", "_count", model=TINY_MODEL) == 1  # preloaded once
+    queues = {s.labels["queue"] for s in families["seekq_queue_depth"].samples}
+    assert {"gpu.generate", "gpu.embed", "cpu.webhooks"} <= queues
+    # No GPU here: the GPU series are absent, not zero.
+    assert "seekq_gpu_memory_allocated_bytes" not in families
