@@ -208,6 +208,15 @@ def test_an_interactive_request_overtakes_a_big_batch(stack: Stack, workers: Wor
     """A batch lets out WINDOW lines at a time, so a chat request sent while a big batch
     runs waits behind at most WINDOW lines, not behind the whole batch."""
     client = client_for(stack)
+    quick = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "quick one"}]}
+    quick.update(max_tokens=16, seed=7)  # the same tokens alone and during the batch
+
+    def ask() -> tuple[float, int]:
+        asked = time.monotonic()
+        answer = client.chat.completions.create(**quick)  # type: ignore[call-overload]
+        return time.monotonic() - asked, answer.usage.completion_tokens
+
+    alone_s, alone_tokens = ask()
     rows = [chat_line(f"big{i}", f"tell me about plan {i}", max_tokens=16) for i in range(300)]
     batch_started = time.monotonic()
     created = run_batch(client, rows, "/v1/chat/completions")
@@ -215,18 +224,16 @@ def test_an_interactive_request_overtakes_a_big_batch(stack: Stack, workers: Wor
     while client.batches.retrieve(created.id).request_counts.completed < WINDOW:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    asked = time.monotonic()
-    client.chat.completions.create(
-        model=TINY_MODEL, messages=[{"role": "user", "content": "quick one"}], max_tokens=16
-    )
-    interactive_s = time.monotonic() - asked
+    interactive_s, tokens = ask()
     during = client.batches.retrieve(created.id)
     batch = wait_batch(client, created.id)
     batch_s = time.monotonic() - batch_started
     print(  # the numbers, for the closing note (pytest -s)
-        f"interactive {interactive_s:.2f}s while the batch ran; batch {batch_s:.2f}s "
+        f"interactive {interactive_s:.2f}s while the batch ran ({alone_s:.2f}s alone, "
+        f"{tokens} tokens); batch {batch_s:.2f}s "
         f"({during.request_counts.completed}/300 done when the interactive one returned)"
     )
+    assert tokens == alone_tokens
     assert batch.status == "completed"
     assert during.status == "in_progress" and during.request_counts.completed < 300
     assert interactive_s < batch_s / 4
