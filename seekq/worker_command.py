@@ -53,11 +53,17 @@ def run_worker(
     # Imported only now: CUDA_VISIBLE_DEVICES must be set before anything imports torch.
     from workers.app import app
 
-    device = f"gpu{gpu}" if gpu is not None else "cpu"
     argv = ["worker", "-Q", ",".join(wanted), "-P", pool, "-c", str(concurrency)]
-    argv += ["-n", name or f"seekq-{device}@%h", "-l", log_level, "-E"]
+    argv += ["-n", name or node_name(gpu, wanted), "-l", log_level, "-E"]
     argv += ["--without-gossip", "--without-mingle"]
     app.worker_main(argv)
+
+
+def node_name(gpu: int | None, queues: list[str]) -> str:
+    """The worker's name in Flower and Celery's events: the device it is pinned to and the
+    queues it consumes, e.g. `seekq-gpu0-gpu.generate+gpu.embed@host`."""
+    device = f"gpu{gpu}" if gpu is not None else "cpu"
+    return f"seekq-{device}-{'+'.join(queues)}@%h"
 
 
 def _pool_for(queues: list[str], pool: str, concurrency: int | None) -> tuple[str, int]:

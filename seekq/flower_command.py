@@ -1,0 +1,98 @@
+"""`seekq flower`: Celery's Flower against seekq's broker, never without authentication.
+
+Loopback by default; basic auth from SEEKQ_FLOWER_BASIC_AUTH (`user:password`, a password
+of at least 12 characters), or, on the embedded SQLite setup only, credentials generated
+once into `<data dir>/flower.auth` (0600). Flower's OAuth providers work too: set
+FLOWER_AUTH_PROVIDER and its FLOWER_OAUTH2_* variables as Flower documents, plus
+SEEKQ_FLOWER_AUTH (the e-mail regex). State (tasks seen, their events) is saved to
+`<data dir>/flower.db`, so a restart keeps the history Flower has seen; queued jobs and
+older history are in SQL (`GET /v1/jobs`), not in Flower.
+
+Flower shows task arguments: seekq's messages carry a job id and nothing else.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobs.errors import ConfigError
+from jobs.queue import make_celery
+from jobs.settings import get_jobs_settings
+from storage.settings import StorageSettings, get_storage_settings
+
+MIN_PASSWORD_CHARS = 12
+AUTH_FILE = "flower.auth"
+
+
+class FlowerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEEKQ_FLOWER_", extra="ignore")
+
+    address: str = "127.0.0.1"
+    port: int = Field(default=5555, ge=1, le=65535)
+    basic_auth: SecretStr | None = None  # "user:password"
+    auth: str | None = None  # with an OAuth provider: the e-mail regex Flower lets in
+
+
+def basic_auth(settings: FlowerSettings, storage: StorageSettings) -> str | None:
+    """`user:password` for Flower's --basic-auth; None when OAuth is configured instead."""
+    if settings.basic_auth is not None:
+        return _checked(settings.basic_auth.get_secret_value())
+    if settings.auth and os.environ.get("FLOWER_AUTH_PROVIDER"):
+        return None
+    if not storage.uses_sqlite:
+        raise ConfigError(
+            "Flower needs authentication: set SEEKQ_FLOWER_BASIC_AUTH=user:password (or "
+            "FLOWER_AUTH_PROVIDER with SEEKQ_FLOWER_AUTH for OAuth)"
+        )
+    return _read_or_create(storage.data_dir / AUTH_FILE)
+
+
+def flower_argv(settings: FlowerSettings, storage: StorageSettings) -> list[str]:
+    argv = [
+        "flower",
+        f"--address={settings.address}",
+        f"--port={settings.port}",
+        "--persistent=True",
+        f"--db={storage.data_dir / 'flower.db'}",
+        "--state_save_interval=60000",
+    ]
+    credentials = basic_auth(settings, storage)
+    if credentials is not None:
+        argv.append(f"--basic-auth={credentials}")
+    else:
+        argv.append(f"--auth={settings.auth}")
+    return argv
+
+
+def run_flower() -> None:
+    settings, storage = FlowerSettings(), get_storage_settings()
+    storage.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = flower_argv(settings, storage)
+    app = make_celery(get_jobs_settings())
+    app.start(argv=argv)
+
+
+def _checked(value: str) -> str:
+    user, sep, password = value.partition(":")
+    if not sep or not user or len(password) < MIN_PASSWORD_CHARS:
+        raise ConfigError(
+            f"SEEKQ_FLOWER_BASIC_AUTH must be user:password with a password of at least "
+            f"{MIN_PASSWORD_CHARS} characters"
+        )
+    return value
+
+
+def _read_or_create(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = f"seekq:{secrets.token_urlsafe(18)}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
