@@ -10,6 +10,7 @@ from api_gateway.limits import BodySizeLimit
 from api_gateway.metrics import GatewayMetrics, MetricsMiddleware
 from api_gateway.routes import (
     batches,
+    dashboard,
     files,
     fine_tuning,
     health,
@@ -60,6 +61,7 @@ def create_app(
     app.include_router(fine_tuning.router)
     app.include_router(batches.router)
     app.include_router(webhooks.router)
+    app.include_router(dashboard.router)
     # Uploads may be up to SEEKQ_MAX_FILE_BYTES, plus room for the multipart framing.
     max_file_bytes = (context.settings if context else get_jobs_settings()).max_file_bytes
     app.add_middleware(

@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from storage.tables import ApiKeyRow, TenantRow
 
 KEY_PATTERN = re.compile(r"^sq_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SESSION_PATTERN = re.compile(r"^([0-9a-f]{16})\.([0-9]{1,12})\.([0-9a-f]{64})$")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,32 @@ class KeyStore:
         if row.revoked_at is not None:
             raise AuthError("revoked API key")
         return Principal(tenant_id=tenant.id, tenant_name=tenant.name, key_id=key_id)
+
+    def session_token(self, who: Principal, ttl_s: int, now: float | None = None) -> str:
+        """A browser session for `who`'s key: `<key id>.<expiry>.<HMAC>`, so the key itself
+        never sits in a cookie. It dies with the key (checked at every use)."""
+        expires = int((now if now is not None else time.time()) + ttl_s)
+        return f"{who.key_id}.{expires}.{self._session_mac(who.key_id, expires)}"
+
+    def from_session(self, token: str, now: float | None = None) -> Principal:
+        match = SESSION_PATTERN.match(token)
+        if match is None:
+            raise AuthError("malformed session")
+        key_id, expires = match.group(1), int(match.group(2))
+        if not hmac.compare_digest(match.group(3), self._session_mac(key_id, expires)):
+            raise AuthError("invalid session")
+        if expires < (now if now is not None else time.time()):
+            raise AuthError("session expired: sign in again")
+        with self.sessions() as session:
+            row = ApiKeyRepo(session).find(key_id)
+            tenant = session.get(TenantRow, row.tenant_id) if row else None
+        if row is None or tenant is None or row.revoked_at is not None:
+            raise AuthError("the session's API key is revoked")
+        return Principal(tenant_id=tenant.id, tenant_name=tenant.name, key_id=key_id)
+
+    def _session_mac(self, key_id: str, expires: int) -> str:
+        message = f"session:{key_id}:{expires}".encode()
+        return hmac.new(self.hash_key, message, hashlib.sha256).hexdigest()
 
     def revoke(self, key_id: str) -> bool:
         with self.sessions.begin() as session:

@@ -265,6 +265,13 @@ class JobService:
         next_cursor = str(rows[-1].id) if len(rows) == limit else None
         return AuditPage(data=[AuditView.from_row(r) for r in rows], next_cursor=next_cursor)
 
+    def job_audit(self, who: Principal, job_id: str, limit: int = 100) -> list[AuditView]:
+        """The masked audit events of one of the tenant's jobs (404 for anyone else's)."""
+        with self.sessions() as session:
+            self._row(session, who, job_id)
+            rows = AuditRepo(session).for_job(who.tenant_id, job_id, limit)
+            return [AuditView.from_row(r) for r in rows]
+
     def _row(self, session: Session, who: Principal, job_id: str) -> JobRow:
         row = JobRepo(session).find(job_id, tenant_id=who.tenant_id) if _is_uuid(job_id) else None
         if row is None:

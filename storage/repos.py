@@ -92,6 +92,12 @@ class AuditRepo:
             query = query.where(AuditEventRow.id < before_id)
         return self.session.scalars(query.order_by(AuditEventRow.id.desc()).limit(limit)).all()
 
+    def for_job(self, tenant_id: str, job_id: str, limit: int) -> Sequence[AuditEventRow]:
+        query = select(AuditEventRow).where(
+            AuditEventRow.tenant_id == tenant_id, AuditEventRow.job_id == job_id
+        )
+        return self.session.scalars(query.order_by(AuditEventRow.id).limit(limit)).all()
+
 
 class JobRepo:
     def __init__(self, session: Session) -> None:
