@@ -38,7 +38,7 @@ def create_app(
         app.state.context = context or JobsContext.create()
         app.state.settings = settings
         app.state.stream_redis = streaming.connect(app.state.context.settings.broker_url)
-        metrics.watch_queues(app.state.context.redis)
+        metrics.watch_queues(app.state.context.redis, app.state.context.sessions)
         yield
         await app.state.stream_redis.aclose()
         if owned:

@@ -5,6 +5,7 @@
   template (`/v1/jobs/{job_id}`), never the raw path: ids and names stay out of labels.
 - `seekq_http_errors_total{route,method,status}`: answers of 400 and above.
 - `seekq_queue_depth{queue}`: messages waiting in each Redis queue (LLEN at scrape).
+- `seekq_jobs_queued{kind}`, `seekq_queue_oldest_age_seconds{kind}`: from SQL.
 
 Each app owns its registry (no module globals), so several apps in one process (tests)
 never collide.
@@ -14,9 +15,10 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis import Redis
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobs.queue_depth import QueueDepth
+from jobs.queue_depth import QueueDepth, QueuedJobs
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 UNMATCHED = "unmatched"
@@ -41,10 +43,11 @@ class GatewayMetrics:
         )
         self._queues: QueueDepth | None = None
 
-    def watch_queues(self, redis: Redis) -> None:
+    def watch_queues(self, redis: Redis, sessions: sessionmaker[Session]) -> None:
         if self._queues is None:
             self._queues = QueueDepth(redis)
             self.registry.register(self._queues)
+            self.registry.register(QueuedJobs(sessions))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         code = str(status)

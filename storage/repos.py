@@ -6,7 +6,7 @@ allowed source statuses into the conditional updates below.
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -38,6 +38,13 @@ class JobPageQuery:
     before: tuple[datetime, str] | None = None
     # None: top-level jobs only; a job id: that job's sub-jobs (an index job's embeds).
     parent_id: str | None = None
+
+
+def _utc(moment: datetime) -> datetime:
+    """MIN() over a UTCDateTime column comes back without the type's conversion."""
+    if isinstance(moment, str):  # SQLite returns the stored text
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def insert_row(session: Session, row: JobRow | AuditEventRow) -> None:
@@ -181,6 +188,15 @@ class JobRepo:
         result = self.session.execute(query)
         assert isinstance(result, CursorResult)
         return result.rowcount == 1
+
+    def queued_by_kind(self, status: str) -> list[tuple[str, int, datetime]]:
+        """(kind, jobs, oldest created_at) of every job in `status` (ix_jobs_status)."""
+        query = (
+            select(JobRow.kind, func.count(), func.min(JobRow.created_at))
+            .where(JobRow.status == status)
+            .group_by(JobRow.kind)
+        )
+        return [(kind, int(n), _utc(oldest)) for kind, n, oldest in self.session.execute(query)]
 
     def in_flight_totals(self, tenant_id: str, statuses: Collection[str]) -> tuple[int, int]:
         """(jobs, their tokens) of the tenant's top-level jobs in `statuses`

@@ -7,7 +7,7 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Stack
+from tests.conftest import Stack, make_context
 
 
 def scrape(url: str, **headers: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -72,3 +72,15 @@ def test_a_metrics_token_is_required_when_set(stack: Stack) -> None:
         assert wrong.status_code == 401
         ok = client.get("/metrics", headers={"Authorization": "Bearer scrape-" + "x" * 24})
         assert ok.status_code == 200 and "seekq_queue_depth" in ok.text
+
+
+def test_queued_jobs_and_their_age_come_from_sql(stack: Stack) -> None:
+    quiet = make_context(stack.database_url, stack.redis_db + 2, stack.tmp)  # no worker
+    try:
+        who = quiet.keys.authenticate(stack.key("acme"))
+        quiet.service.submit(who, "ping", {})
+    finally:
+        quiet.close()
+    after = scrape(stack.url)
+    assert value(after["seekq_jobs_queued"], kind="ping") >= 1
+    assert value(after["seekq_queue_oldest_age_seconds"], kind="ping") >= 0

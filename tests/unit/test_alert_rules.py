@@ -7,6 +7,8 @@ The YAML checks run everywhere; the promtool checks need Debian's `prometheus` p
 import re
 import shutil
 import subprocess
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,15 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
+from api_gateway.metrics import GatewayMetrics
+from jobs.lifecycle import Claim
+from jobs.queue_depth import QueuedJobs
+from storage.tables import Base, JobRow, TenantRow
+from workers.job_metrics import JobMetrics
 from workers.metrics import GenerationMetrics
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -31,14 +41,38 @@ def rules() -> dict[str, dict[str, Any]]:
 
 
 def exported_names() -> set[str]:
-    """Sample names a worker's /metrics shows once it has seen some traffic."""
+    """Sample names the gateway's and a worker's /metrics show once they saw some traffic."""
     metrics = GenerationMetrics()
     metrics.observe_experts("tiny", np.ones((2, 4), np.int64), [1, 2])
     metrics.observe_step("tiny", 2)
     metrics.observe_request("tiny", 5, 3, 0.01, "stop")
-    text = generate_latest(metrics.registry).decode()
-    families = text_string_to_metric_families(text)
-    return {sample.name for family in families for sample in family.samples}
+    jobs = JobMetrics(metrics.registry)
+    now = datetime.now(UTC)
+    claim = Claim(
+        str(uuid.uuid4()), "embed", "t", 1, {"model": "m"}, created_at=now, claimed_at=now
+    )
+    jobs.observe_end(claim, "failed", "ModelNotFoundError")
+    gateway = GatewayMetrics()
+    gateway.observe("/v1/embeddings", "POST", 503, 0.2)
+    gateway.registry.register(QueuedJobs(_one_queued_job()))
+    names: set[str] = set()
+    for registry in (metrics.registry, gateway.registry):
+        families = text_string_to_metric_families(generate_latest(registry).decode())
+        names |= {sample.name for family in families for sample in family.samples}
+    return names
+
+
+def _one_queued_job() -> sessionmaker[Session]:
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    Base.metadata.create_all(engine)
+    sessions = sessionmaker(engine)
+    with sessions.begin() as session:
+        session.add(TenantRow(id="t", name="t"))
+        session.flush()
+        session.add(
+            JobRow(id="j", tenant_id="t", kind="embed", status="queued", actor="a", spec={})
+        )
+    return sessions
 
 
 def test_expert_activation_rule_has_the_threshold_and_explains_itself() -> None:
@@ -51,10 +85,10 @@ def test_expert_activation_rule_has_the_threshold_and_explains_itself() -> None:
     assert all(word in runbook for word in ("router", "traffic mix", "fine-tune"))
 
 
-def test_every_metric_the_rules_name_is_exported_by_workers() -> None:
+def test_every_metric_the_rules_name_is_exported() -> None:
     named = {n for rule in rules().values() for n in re.findall(r"seekq_\w+", rule["expr"])}
-    assert "seekq_moe_expert_activation_rate" in named
-    assert named <= exported_names()
+    assert {"seekq_moe_expert_activation_rate", "seekq_queue_oldest_age_seconds"} <= named
+    assert named <= exported_names(), named - exported_names()
 
 
 def test_prometheus_config_scrapes_gateway_and_workers_and_loads_the_rules() -> None:
