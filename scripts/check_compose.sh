@@ -22,7 +22,8 @@ else
     exit 0
 fi
 
-required_vars=(REDIS_PASSWORD POSTGRES_PASSWORD SEEKQ_SECRET_KEY SEEKQ_FLOWER_BASIC_AUTH)
+required_vars=(REDIS_PASSWORD POSTGRES_PASSWORD SEEKQ_SECRET_KEY SEEKQ_FLOWER_BASIC_AUTH
+               GRAFANA_ADMIN_PASSWORD)
 dummy_secret="$(printf 'k%.0s' {1..40})"   # 40 chars, satisfies the >= 32 rule
 
 # An empty env file: keeps a local .env (with real secrets, or with values
@@ -48,7 +49,8 @@ failures=0
 # 1. Valid with all required variables set.
 if out="$(run_config REDIS_PASSWORD=dummy-redis POSTGRES_PASSWORD=dummy-postgres \
                      SEEKQ_SECRET_KEY="${dummy_secret}" \
-                     SEEKQ_FLOWER_BASIC_AUTH=ops:dummy-password 2>&1)"; then
+                     SEEKQ_FLOWER_BASIC_AUTH=ops:dummy-password \
+                     GRAFANA_ADMIN_PASSWORD=dummy-grafana 2>&1)"; then
     echo "ok: config is valid with all required variables set"
 else
     echo "FAIL: config is invalid with all required variables set:"

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,8 +24,9 @@ from sqlalchemy.pool import StaticPool
 
 from api_gateway.metrics import GatewayMetrics
 from jobs.lifecycle import Claim
-from jobs.queue_depth import QueuedJobs
+from jobs.queue_depth import QueueDepth, QueuedJobs
 from storage.tables import Base, JobRow, TenantRow
+from tests.conftest import REDIS_DB_BASE, redis_url
 from workers.job_metrics import JobMetrics
 from workers.metrics import GenerationMetrics
 
@@ -52,6 +54,9 @@ def exported_names() -> set[str]:
         str(uuid.uuid4()), "embed", "t", 1, {"model": "m"}, created_at=now, claimed_at=now
     )
     jobs.observe_end(claim, "failed", "ModelNotFoundError")
+    jobs.observe_model_load("tiny", 1.5)
+    metrics.observe_finetune_step("tiny", 0.1, 2.5)
+    metrics.registry.register(QueueDepth(redis.Redis.from_url(redis_url(REDIS_DB_BASE))))
     gateway = GatewayMetrics()
     gateway.observe("/v1/embeddings", "POST", 503, 0.2)
     gateway.registry.register(QueuedJobs(_one_queued_job()))
