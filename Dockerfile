@@ -1,84 +1,88 @@
 # syntax=docker/dockerfile:1
 #
-# seekq image: one image for every role (migrate, gateway, workers).
-# The role is picked by the command, e.g.
-#   docker run --rm seekq:local db upgrade
-#   docker run --rm -p 127.0.0.1:8000:8000 seekq:local gateway --host 0.0.0.0 --port 8000
-#   docker run --rm seekq:local worker --queues cpu.index
+# Two images from one file:
+#   docker build --target gateway -t seekq-gateway:local .   # gateway, migrate, flower:
+#                                                            # no torch, no CUDA (~300 MB)
+#   docker build --target worker  -t seekq:local .           # workers: CUDA runtime, torch,
+#                                                            # transformers, PEFT, FAISS
+# The role is picked by the command (ENTRYPOINT is `seekq`):
+#   docker run --rm seekq-gateway:local db upgrade
+#   docker run --rm -p 127.0.0.1:8000:8000 seekq-gateway:local gateway --host 0.0.0.0
+#   docker run --rm --gpus '"device=0"' seekq:local worker --queues gpu.generate --gpu 0
 #
-# NOTE: this image has not been built in the environment where it was written
-# (no Docker engine there); only docker-compose.yml was validated with
-# `docker-compose config`. See scripts/check_compose.sh.
-#
-# GPU: this is a python:3.11-slim image. torch is pinned in pyproject.toml
-# (torch==2.13.0) and is resolved against whatever index the build host
-# reaches. A proper CUDA worker image would instead base on an
-# nvidia/cuda:*-runtime image (or at least be tested against the host driver
-# through the NVIDIA Container Toolkit) -- open issue, not done here.
+# NOTE: neither image has been built where this was written (no Docker engine there);
+# docker-compose.yml was validated with `docker-compose config` (scripts/check_compose.sh).
+# The gateway image installs `seekq` without its `worker` extra: the gateway never
+# imports torch (an import-linter contract; tests/unit/test_gateway_without_torch.py).
 
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
-# ---------------------------------------------------------------- builder ---
-FROM ${PYTHON_IMAGE} AS builder
-
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PYTHONDONTWRITEBYTECODE=1
-
-# Compilers only live in the builder stage, for any dependency that ships no
-# wheel for this platform; they never reach the runtime image.
+# ------------------------------------------------------------ gateway build ---
+FROM ${PYTHON_IMAGE} AS gateway-build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
-
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-
 WORKDIR /src
 COPY . .
-
-# Optional, CPU-only torch (much smaller image, fine for the gateway and the
-# cpu.* workers, useless for gpu.* workers). Opt in by uncommenting the ARG
-# and swapping the install line below for the commented one, then build with
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
-# ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" .
 RUN pip install --no-cache-dir .
 
-# ---------------------------------------------------------------- runtime ---
-FROM ${PYTHON_IMAGE} AS runtime
-
-LABEL org.opencontainers.image.title="seekq" \
-      org.opencontainers.image.description="Self-hosted, queue-native job system for LLM workloads" \
+# ------------------------------------------------------------------ gateway ---
+FROM ${PYTHON_IMAGE} AS gateway
+LABEL org.opencontainers.image.title="seekq-gateway" \
+      org.opencontainers.image.description="seekq gateway, migrations and Flower (no torch)" \
       org.opencontainers.image.licenses="Apache-2.0"
-
-# Non-root user with a fixed uid/gid so volume ownership is predictable.
 RUN groupadd --system --gid 10001 seekq \
  && useradd --system --uid 10001 --gid seekq --create-home --home-dir /home/seekq \
             --shell /usr/sbin/nologin seekq \
- && mkdir -p /data \
- && chown seekq:seekq /data
-
-COPY --from=builder /opt/venv /opt/venv
-
-# All state (artefacts, indexes, model cache) lives on the /data volume. A
-# named volume mounted there is first populated from this image directory, so
-# it inherits seekq:seekq ownership.
-# HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE: never reach out to a model hub at run
-# time; models must come from an installed package or be pre-placed under
-# $HF_HOME.
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    SEEKQ_DATA_DIR=/data \
-    HF_HOME=/data/huggingface \
-    HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
-
+ && mkdir -p /data && chown seekq:seekq /data
+COPY --from=gateway-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    SEEKQ_DATA_DIR=/data HF_HUB_OFFLINE=1
 USER seekq:seekq
 WORKDIR /home/seekq
-
-EXPOSE 8000
-
+EXPOSE 8000 5555
 ENTRYPOINT ["seekq"]
 CMD ["gateway", "--host", "0.0.0.0", "--port", "8000"]
+
+# ------------------------------------------------------------- worker build ---
+# torch==2.13.0 from PyPI is the CUDA build on Linux x86_64; it brings its own CUDA
+# libraries, so the runtime base only needs the driver-facing parts and cuDNN.
+FROM ${CUDA_IMAGE} AS worker-build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 \
+    DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY . .
+RUN pip install --no-cache-dir ".[worker]"
+
+# ------------------------------------------------------------------- worker ---
+FROM ${CUDA_IMAGE} AS worker
+LABEL org.opencontainers.image.title="seekq-worker" \
+      org.opencontainers.image.description="seekq GPU/CPU worker (CUDA, torch, transformers, PEFT, FAISS)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 seekq \
+ && useradd --system --uid 10001 --gid seekq --create-home --home-dir /home/seekq \
+            --shell /usr/sbin/nologin seekq \
+ && mkdir -p /data && chown seekq:seekq /data
+COPY --from=worker-build /opt/venv /opt/venv
+# All state (artefacts, indexes, models) lives on the /data volume; never reach a model
+# hub at run time: models come from an installed package or the data volume.
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    SEEKQ_DATA_DIR=/data HF_HOME=/data/huggingface HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+USER seekq:seekq
+WORKDIR /home/seekq
+EXPOSE 9400
+ENTRYPOINT ["seekq"]
+CMD ["worker", "--queues", "gpu.embed", "--gpu", "0"]
