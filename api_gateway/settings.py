@@ -19,6 +19,9 @@ class GatewaySettings(BaseSettings):
     # `authorization` / `bearer_token_file`); unset, it is open, like most exporters:
     # it holds route templates and counts, no tenant data.
     metrics_token: SecretStr | None = None
+    # Tenants whose keys may look at any tenant's jobs on the dashboard (its tenant
+    # filter; a JSON list of tenant names). Empty: every tenant sees its own only.
+    dashboard_admin_tenants: frozenset[str] = frozenset()
 
 
 @lru_cache

@@ -68,6 +68,15 @@ class KeyStore:
             raise AuthError("revoked API key")
         return Principal(tenant_id=tenant.id, tenant_name=tenant.name, key_id=key_id)
 
+    def acting_as(self, admin: Principal, tenant: str) -> Principal:
+        """`admin` looking at `tenant`'s resources (the dashboard's tenant filter, for admin
+        tenants only: the caller checks that). Unknown tenant: AuthError."""
+        with self.sessions() as session:
+            row = TenantRepo(session).find_by_name(tenant) if TENANT_PATTERN.match(tenant) else None
+        if row is None:
+            raise AuthError(f"no tenant named '{tenant}'")
+        return Principal(tenant_id=row.id, tenant_name=row.name, key_id=admin.key_id)
+
     def session_token(self, who: Principal, ttl_s: int, now: float | None = None) -> str:
         """A browser session for `who`'s key: `<key id>.<expiry>.<HMAC>`, so the key itself
         never sits in a cookie. It dies with the key (checked at every use)."""

@@ -2,7 +2,8 @@
 cannot show: queued jobs, history across restarts, a job's timeline and its masked audit
 events. Signing in takes an API key once; the browser then holds a signed session naming
 the key (HttpOnly, SameSite=Strict), checked against the key at every page, so revoking
-the key ends the session. A tenant sees its own jobs only.
+the key ends the session. A tenant sees its own jobs only; keys of the tenants in
+SEEKQ_DASHBOARD_ADMIN_TENANTS get a tenant filter and may look at any tenant's jobs.
 """
 
 from pathlib import Path
@@ -13,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from api_gateway.deps import ContextDep
+from api_gateway.deps import ContextDep, SettingsDep
 from jobs.catalog import CATALOG
 from jobs.errors import AuthError, SpecError
 from jobs.keys import Principal
@@ -35,6 +36,13 @@ def _who(request: Request, context: ContextDep) -> Principal | None:
         return context.keys.from_session(token)
     except AuthError:
         return None
+
+
+def _viewed(who: Principal, tenant: str, settings: SettingsDep, context: ContextDep) -> Principal:
+    """Whose jobs the page shows: `tenant`'s when `who` is an admin tenant's key."""
+    if tenant and tenant != who.tenant_name and who.tenant_name in settings.dashboard_admin_tenants:
+        return context.keys.acting_as(who, tenant)
+    return who
 
 
 def _to_login() -> RedirectResponse:
@@ -81,8 +89,10 @@ def logout() -> Response:
 async def jobs_page(
     request: Request,
     context: ContextDep,
+    settings: SettingsDep,
     kind: Filter = "",
     status: Filter = "",
+    tenant: Annotated[str, Query(max_length=64)] = "",
     cursor: Annotated[str, Query(max_length=200)] = "",
 ) -> Response:
     who = await run_in_threadpool(_who, request, context)
@@ -90,28 +100,37 @@ async def jobs_page(
         return _to_login()
     page: dict[str, Any] = {"tenant": who.tenant_name, "kind": kind, "status": status}
     page.update(kinds=[k.value for k in CATALOG], statuses=[s.value for s in JobStatus])
+    page.update(admin=who.tenant_name in settings.dashboard_admin_tenants, viewed=tenant)
     try:
+        viewed = await run_in_threadpool(_viewed, who, tenant, settings, context)
         found = await run_in_threadpool(
             context.service.list_jobs,
-            who,
+            viewed,
             kind=kind or None,
             status=status or None,
             limit=PAGE,
             cursor=cursor or None,
         )
         page.update(jobs=found.data, next_cursor=found.next_cursor)
-    except SpecError as exc:
+    except (SpecError, AuthError) as exc:
         page.update(jobs=[], next_cursor=None, error=str(exc))
     return templates.TemplateResponse(request, "jobs.html", page)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-async def job_page(job_id: str, request: Request, context: ContextDep) -> Response:
+async def job_page(
+    job_id: str,
+    request: Request,
+    context: ContextDep,
+    settings: SettingsDep,
+    tenant: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
     who = await run_in_threadpool(_who, request, context)
     if who is None:
         return _to_login()
-    job = await run_in_threadpool(context.service.get, who, job_id)  # 404: not this tenant's
-    audit = await run_in_threadpool(context.service.job_audit, who, job_id)
+    viewed = await run_in_threadpool(_viewed, who, tenant, settings, context)
+    job = await run_in_threadpool(context.service.get, viewed, job_id)  # 404: not theirs
+    audit = await run_in_threadpool(context.service.job_audit, viewed, job_id)
     moments = [
         ("queued", job.created_at),
         ("started", job.started_at),
@@ -120,6 +139,7 @@ async def job_page(job_id: str, request: Request, context: ContextDep) -> Respon
     ]
     page = {
         "tenant": who.tenant_name,
+        "viewed": tenant,
         "job": job,
         "audit": audit,
         "timeline": [(name, moment) for name, moment in moments if moment is not None],

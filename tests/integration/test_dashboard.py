@@ -140,3 +140,31 @@ def test_a_browser_signs_in_and_opens_a_job(stack: Stack, seeded: Seeded, tmp_pa
         driver.save_screenshot(str(shots / "dashboard-job.png"))
     finally:
         driver.quit()
+
+
+def test_an_admin_tenant_can_filter_by_tenant(stack: Stack, seeded: Seeded) -> None:
+    from fastapi.testclient import TestClient
+
+    from api_gateway.app import create_app
+    from api_gateway.settings import GatewaySettings
+
+    admin_tenant = unique("ops")
+    admin = stack.context.keys.create(admin_tenant)
+    owner = stack.context.keys.authenticate(seeded.key).tenant_name
+    settings = GatewaySettings(dashboard_admin_tenants=frozenset({admin_tenant}))
+    with TestClient(create_app(stack.context, settings)) as client:
+        client.post("/dashboard/login", data={"api_key": admin.secret})
+        own = client.get("/dashboard").text
+        assert 'name="tenant"' in own and seeded.done not in own
+        theirs = client.get("/dashboard", params={"tenant": owner}).text
+        assert seeded.done in theirs and seeded.queued in theirs
+        assert f"/dashboard/jobs/{seeded.done}?tenant={owner}" in theirs
+        job = client.get(f"/dashboard/jobs/{seeded.done}", params={"tenant": owner})
+        assert job.status_code == 200 and "CARD_NUMBER" in job.text
+        unknown = client.get("/dashboard", params={"tenant": "no-such-tenant"}).text
+        assert "no tenant named" in unknown
+    # Without the setting, the same key's filter is ignored: its own jobs only.
+    with TestClient(create_app(stack.context, GatewaySettings())) as client:
+        client.post("/dashboard/login", data={"api_key": admin.secret})
+        page = client.get("/dashboard", params={"tenant": owner}).text
+        assert 'name="tenant"' not in page and seeded.done not in page
