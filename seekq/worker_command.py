@@ -9,6 +9,7 @@ for the receiver's answer); other queues run one job at a time on the solo pool.
 
 import json
 import os
+import tempfile
 
 import typer
 
@@ -49,6 +50,10 @@ def run_worker(
     if gpu is not None:
         _pin_gpu(gpu, pool)
     os.environ.setdefault("SEEKQ_PRELOAD_MODELS", _preload_for(wanted))
+    if pool == "prefork":
+        # Before anything imports prometheus_client: children write their metrics to
+        # files here and the parent serves their sum (workers/multiprocess_metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="seekq-metrics-")
     logs.configure(log_level)
     # Imported only now: CUDA_VISIBLE_DEVICES must be set before anything imports torch.
     from workers.app import app

@@ -84,6 +84,7 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     queues: str = "gpu.embed,cpu.ping"
+    extra_args: tuple[str, ...] = ()  # e.g. ("--pool", "prefork", "--concurrency", "2")
     process: subprocess.Popen[bytes] | None = None
     _log_offset: int = 0
 
@@ -91,6 +92,7 @@ class WorkerProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         command = [sys.executable, "-m", "seekq", "worker", "--queues", self.queues]
+        command += self.extra_args
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
         self._wait_ready()
         return self

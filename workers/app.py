@@ -29,6 +29,7 @@ from jobs.settings import get_jobs_settings
 from jobs.streams import TokenStreams
 from jobs.webhook_delivery import Deliverer
 from jobs.webhooks import WEBHOOK_TASK
+from workers import multiprocess_metrics
 from workers.cancel import CancelWatch
 from workers.embed_batch import EmbedBatch, EmbedCollector
 from workers.execution import LeaseKeeper, Outcome, execute
@@ -76,7 +77,7 @@ class WorkerState:
         self.metrics.registry.register(QueueDepth(self.context.redis))
         self.metrics.registry.register(GpuCollector())
         self.context.end_observer = job_metrics.observe_end
-        if settings.metrics_port is not None:
+        if settings.metrics_port is not None and not multiprocess_metrics.enabled():
             port = self.metrics.serve(settings.metrics_port, settings.metrics_addr)
             log.info("metrics on http://%s:%d/metrics", settings.metrics_addr, port)
         streams = TokenStreams(self.context.redis)
@@ -102,6 +103,17 @@ class WorkerState:
         name = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
         if "thread" in str(name):
             self.start()
+        elif multiprocess_metrics.enabled():  # prefork: the parent serves all children
+            settings = get_worker_settings()
+            if settings.metrics_port is not None:
+                broker = get_jobs_settings().broker_url
+                multiprocess_metrics.serve_parent(
+                    settings.metrics_port, settings.metrics_addr, broker
+                )
+
+    def child_exited(self, pid: int | None = None, **_: Any) -> None:
+        if pid is not None and multiprocess_metrics.enabled():
+            multiprocess_metrics.child_exited(pid)
 
     def stop(self, **_: Any) -> None:
         if self.reconciler is not None:
@@ -153,6 +165,7 @@ def create_worker_app() -> Celery:
     worker_init.connect(state.start_threads_pool, weak=False)
     worker_process_shutdown.connect(state.stop, weak=False)
     worker_shutdown.connect(state.stop, weak=False)
+    worker_process_shutdown.connect(state.child_exited, weak=False)
     worker_ready.connect(lambda **_: log.warning(READY_MESSAGE), weak=False)
     return app
 
