@@ -159,6 +159,7 @@ class JobsContext:
             settings.lease_s,
             self.outbox,
             self.deliverer(),
+            self.end_observer,
         )
 
     def close(self) -> None:

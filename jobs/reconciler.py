@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.catalog import get_entry
 from jobs.errors import BrokerUnavailableError
-from jobs.lifecycle import Claim
+from jobs.lifecycle import Claim, EndObserver
 from jobs.notify import JobEvents
 from jobs.queue import Publisher
 from jobs.status import HELD, JobStatus
@@ -51,6 +51,7 @@ class Reconciler:
         grace_s: float,
         outbox: WebhookOutbox | None = None,
         deliverer: Deliverer | None = None,
+        observer: EndObserver | None = None,
     ) -> None:
         self.sessions = sessions
         self.publisher = publisher
@@ -58,6 +59,7 @@ class Reconciler:
         self.max_attempts = max_attempts
         self.outbox = outbox
         self.deliverer = deliverer
+        self.observer = observer  # counts the jobs it ends (worker_lost) in the metrics
         # A lease must have been dead this long (one lease period by default): a worker
         # that missed a renewal or two (a database blip) is not taken over at once.
         self.grace_s = grace_s
@@ -112,6 +114,8 @@ class Reconciler:
             self.events.announce(job.job_id, status.value)
             if self.outbox is not None:
                 self.outbox.publish(deliveries)
+            if self.observer is not None:
+                self.observer(job, status.value, values.get("error_type"))
         return ended
 
     def _update(

@@ -77,9 +77,19 @@ def test_the_last_attempt_ends_worker_lost_and_a_cancel_ends_cancelled(sessions)
     add_job(sessions, "doomed", "running", 3, lease_age_s=100)
     add_job(sessions, "stopping", "cancelling", 1, lease_age_s=100)
     published, announced = Published(), Announced()
-    reconciler = Reconciler(sessions, published, announced, max_attempts=3, grace_s=30)  # type: ignore[arg-type]
+    ended: list[tuple[str, str, str | None]] = []
+    reconciler = Reconciler(
+        sessions,
+        published,  # type: ignore[arg-type]
+        announced,  # type: ignore[arg-type]
+        max_attempts=3,
+        grace_s=30,
+        observer=lambda claim, status, error: ended.append((claim.job_id, status, error)),
+    )
     assert reconciler.sweep() == (0, 1)
     assert published == []
     assert state(sessions, "doomed") == ("failed", 3, "worker_lost")
     assert state(sessions, "stopping") == ("cancelled", 1, None)
     assert sorted(announced) == [("doomed", "failed"), ("stopping", "cancelled")]
+    # The worker metrics count them (seekq_jobs_total{error="worker_lost"}).
+    assert sorted(ended) == [("doomed", "failed", "worker_lost"), ("stopping", "cancelled", None)]
