@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -105,8 +106,9 @@ class JobRow(Base):
     # Live progress of a long job (index jobs: documents_total, documents_done, chunks).
     progress: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # Tokens the job puts in the queue (estimated at submit: input + most output), counted
-    # against the tenant's enqueued-tokens quota while it is queued or running.
-    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # against the tenant's enqueued-tokens quota while it is queued or running. Sub-jobs
+    # are inserted with Core (storage.repos.insert_row) and take the server default.
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class AuditEventRow(Base):
@@ -141,7 +143,7 @@ class FileRow(Base):
     artifact_key: Mapped[str] = mapped_column(String(512))
     documents: Mapped[int] = mapped_column(Integer)
     # A batch input file's requests' input tokens (estimated): what its batch enqueues.
-    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     status_details: Mapped[str | None] = mapped_column(Text, default=None)
     entity_counts: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
