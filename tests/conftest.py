@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -294,3 +295,28 @@ def index_workers(stack: Stack) -> Iterator[IndexWorkers]:
     yield IndexWorkers(index, search)
     index.stop()
     search.stop()
+
+
+def chrome_driver() -> Any:
+    """A headless Debian Chromium driven by selenium; the test skips where chromium or
+    chromedriver is missing (.ci/run installs both). selenium's own debug log is kept
+    quiet: it records what the test types (API keys) into the session's log."""
+    import logging
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip(
+            "chromium / chromedriver not installed (apt-get install chromium chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    logging.getLogger("selenium").setLevel(logging.WARNING)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1400,900")
+    return webdriver.Chrome(service=Service(driver_path), options=options)

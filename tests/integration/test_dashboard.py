@@ -5,16 +5,14 @@ Chromium that signs in and clicks through (screenshots to $SEEKQ_SCREENSHOT_DIR)
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Stack, make_context, unique
+from tests.conftest import Stack, chrome_driver, make_context, unique
 
 SECRET_TEXT = "card 4111 1111 1111 1111 for jane@example.com"
 
@@ -101,30 +99,12 @@ def test_tenants_are_kept_apart_and_revocation_signs_out(
         assert client.get("/dashboard").status_code == 303
 
 
-def _chrome() -> Any:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip(
-            "chromium / chromedriver not installed (apt-get install chromium chromium-driver)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
-        options.add_argument(flag)
-    options.add_argument("--window-size=1400,900")
-    return webdriver.Chrome(service=Service(driver_path), options=options)
-
-
 def test_a_browser_signs_in_and_opens_a_job(stack: Stack, seeded: Seeded, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     shots = Path(os.environ.get("SEEKQ_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    driver = _chrome()
+    driver = chrome_driver()
     try:
         driver.get(stack.url + "/dashboard")
         assert driver.current_url.endswith("/dashboard/login")

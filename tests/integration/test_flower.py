@@ -6,7 +6,6 @@ saves screenshots (to $SEEKQ_SCREENSHOT_DIR when set, e.g. docs/images)."""
 import base64
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack, free_port, stack_env
+from tests.conftest import Stack, chrome_driver, free_port, stack_env
 
 USER, PASSWORD = "ops", "flower-" + "p" * 16
 SECRET_TEXT = "card 4111 1111 1111 1111 for jane@example.com"
@@ -115,30 +114,12 @@ def test_the_worker_is_named_by_device_and_queues(flower: Flower, finished_job: 
     raise AssertionError(sorted(workers))
 
 
-def _chrome() -> Any:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip(
-            "chromium / chromedriver not installed (apt-get install chromium chromium-driver)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
-        options.add_argument(flag)
-    options.add_argument("--window-size=1400,900")
-    return webdriver.Chrome(service=Service(driver_path), options=options)
-
-
 def test_a_browser_logs_in_and_sees_the_worker_and_the_task(
     flower: Flower, finished_job: str, tmp_path: Path
 ) -> None:
     shots = Path(os.environ.get("SEEKQ_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    driver = _chrome()
+    driver = chrome_driver()
     try:
         driver.get(flower.url + "/workers")
         assert "seekq-cpu-" not in driver.page_source  # no credentials: nothing shown

@@ -54,7 +54,7 @@ def test_metrics_cover_latency_errors_and_queues(stack: Stack) -> None:
     assert value(errors, route="/v1/jobs", status="202") == 0  # successes are not errors
     depth = {labels["queue"] for labels, _ in after["seekq_queue_depth"]}
     assert {"gpu.embed", "gpu.generate", "cpu.batch", "cpu.webhooks"} <= depth
-    labels_text = repr(after)
+    labels_text = repr([labels for samples in after.values() for labels, _ in samples])
     assert missing not in labels_text and "4111" not in labels_text
     assert "/v1/no/such/path" not in labels_text
 
