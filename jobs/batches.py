@@ -24,7 +24,7 @@ from jobs.catalog import JobKind
 from jobs.errors import JobNotFoundError, SpecError
 from jobs.files import FileService
 from jobs.keys import Principal
-from jobs.records import JobView
+from jobs.records import CursorPage, JobView
 from jobs.service import JobService
 from jobs.status import JobStatus
 
@@ -110,12 +110,8 @@ class BatchView(BaseModel):
         )
 
 
-class BatchPage(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[BatchView]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class BatchPage(CursorPage[BatchView]):
+    """`client.batches.list()`."""
 
 
 def _status(job: JobView, progress: dict[str, Any], result: BatchResult | None) -> str:
@@ -195,12 +191,7 @@ class BatchService:
             cursor = self.jobs.job_cursor(anchor)
         page = self.jobs.list_jobs(who, kind=JobKind.BATCH.value, limit=limit, cursor=cursor)
         views = [BatchView.from_job(job) for job in page.data]
-        return BatchPage(
-            data=views,
-            first_id=views[0].id if views else None,
-            last_id=views[-1].id if views else None,
-            has_more=page.next_cursor is not None,
-        )
+        return BatchPage.of(views, has_more=page.next_cursor is not None)
 
     def cancel(self, who: Principal, batch_id: str) -> BatchView:
         """A batch still validating ends at once; a running one stops taking new lines,

@@ -1,11 +1,34 @@
 """Public views of jobs and audit events (what the API and CLI show)."""
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel
 
 from storage.tables import AuditEventRow, JobRow
+
+Item = TypeVar("Item", bound=BaseModel)
+
+
+class CursorPage(BaseModel, Generic[Item]):
+    """OpenAI's list object with `after` cursors: `first_id`, `last_id`, `has_more`."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+    @classmethod
+    def of(cls, views: Sequence[Item], has_more: bool) -> Self:
+        ids: list[str] = [v.id for v in views]  # type: ignore[attr-defined]
+        return cls(
+            data=list(views),
+            first_id=ids[0] if ids else None,
+            last_id=ids[-1] if ids else None,
+            has_more=has_more,
+        )
 
 
 class JobError(BaseModel):

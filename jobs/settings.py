@@ -5,6 +5,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def load_secret_key(settings: JobsSettings, storage: StorageSettings) -> bytes:
         return _checked(settings.secret_key.get_secret_value())
     if not storage.uses_sqlite:
         raise ConfigError("SEEKQ_SECRET_KEY must be set when SEEKQ_DATABASE_URL is not SQLite")
-    return _checked(_read_or_create(storage.data_dir / "secret.key"))
+    return _checked(
+        read_or_create(storage.data_dir / "secret.key", lambda: secrets.token_urlsafe(48))
+    )
 
 
 def derive_key(secret: bytes, purpose: str) -> bytes:
@@ -116,12 +119,13 @@ def _checked(value: str) -> bytes:
     return value.encode()
 
 
-def _read_or_create(path: Path) -> str:
+def read_or_create(path: Path, make: Callable[[], str]) -> str:
+    """A generated secret kept in a file (0600): read if it exists, else `make()` written
+    once. O_EXCL: two processes starting together agree on the first file written."""
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
-    # O_EXCL: two processes starting together agree on the first file written.
+    value = make()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

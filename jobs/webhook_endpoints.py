@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import SpecError, WebhookNotFoundError, WebhookTestFailedError
 from jobs.keys import Principal
+from jobs.records import CursorPage
 from jobs.webhook_delivery import DeliveryError, Sender
 from jobs.webhook_urls import MAX_URL_CHARS, UrlPolicy
 from jobs.webhooks import EVENT_TYPES, Signer, event_body, hint, new_event_id
@@ -69,12 +70,8 @@ class EndpointWithSecret(EndpointView):
     signing_secret: str
 
 
-class EndpointPage(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EndpointView]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class EndpointPage(CursorPage[EndpointView]):
+    """`client.webhooks.list()`."""
 
 
 class DeletedEndpoint(BaseModel):
@@ -128,12 +125,8 @@ class DeliveryView(BaseModel):
         )
 
 
-class DeliveryPage(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[DeliveryView]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class DeliveryPage(CursorPage[DeliveryView]):
+    """An endpoint's deliveries, newest first."""
 
 
 class WebhookService:
@@ -203,12 +196,7 @@ class WebhookService:
             anchor = self._row(session, who, after) if after else None
             rows = EndpointRepo(session).page(who.tenant_id, limit + 1, anchor)
             views = [self._view(r) for r in rows[:limit]]
-        return EndpointPage(
-            data=views,
-            first_id=views[0].id if views else None,
-            last_id=views[-1].id if views else None,
-            has_more=len(rows) > limit,
-        )
+        return EndpointPage.of(views, has_more=len(rows) > limit)
 
     def delete(self, who: Principal, endpoint_id: str) -> DeletedEndpoint:
         """The endpoint stops receiving events; pending deliveries to it fail."""
@@ -257,12 +245,7 @@ class WebhookService:
                 raise SpecError("after: not a delivery of this endpoint")
             rows = repo.page(endpoint_id, limit + 1, anchor)
             views = [DeliveryView.from_row(r) for r in rows[:limit]]
-        return DeliveryPage(
-            data=views,
-            first_id=views[0].id if views else None,
-            last_id=views[-1].id if views else None,
-            has_more=len(rows) > limit,
-        )
+        return DeliveryPage.of(views, has_more=len(rows) > limit)
 
     def _row(
         self, session: Session, who: Principal, endpoint_id: str, deleted: bool = False

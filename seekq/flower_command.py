@@ -13,14 +13,13 @@ Flower shows task arguments: seekq's messages carry a job id and nothing else.
 
 import os
 import secrets
-from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.errors import ConfigError
 from jobs.queue import make_celery
-from jobs.settings import get_jobs_settings
+from jobs.settings import get_jobs_settings, read_or_create
 from storage.settings import StorageSettings, get_storage_settings
 
 MIN_PASSWORD_CHARS = 12
@@ -47,7 +46,9 @@ def basic_auth(settings: FlowerSettings, storage: StorageSettings) -> str | None
             "Flower needs authentication: set SEEKQ_FLOWER_BASIC_AUTH=user:password (or "
             "FLOWER_AUTH_PROVIDER with SEEKQ_FLOWER_AUTH for OAuth)"
         )
-    return _read_or_create(storage.data_dir / AUTH_FILE)
+    return read_or_create(
+        storage.data_dir / AUTH_FILE, lambda: f"seekq:{secrets.token_urlsafe(18)}"
+    )
 
 
 def flower_argv(settings: FlowerSettings, storage: StorageSettings) -> list[str]:
@@ -82,17 +83,4 @@ def _checked(value: str) -> str:
             f"SEEKQ_FLOWER_BASIC_AUTH must be user:password with a password of at least "
             f"{MIN_PASSWORD_CHARS} characters"
         )
-    return value
-
-
-def _read_or_create(path: Path) -> str:
-    if path.exists():
-        return path.read_text().strip()
-    value = f"seekq:{secrets.token_urlsafe(18)}"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
     return value

@@ -2,9 +2,9 @@
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.tables import WebhookDeliveryRow, WebhookEndpointRow
@@ -43,18 +43,7 @@ class EndpointRepo:
         query = select(WebhookEndpointRow).where(
             WebhookEndpointRow.tenant_id == tenant_id, WebhookEndpointRow.deleted_at.is_(None)
         )
-        if after is not None:
-            query = query.where(
-                or_(
-                    WebhookEndpointRow.created_at < after.created_at,
-                    and_(
-                        WebhookEndpointRow.created_at == after.created_at,
-                        WebhookEndpointRow.id < after.id,
-                    ),
-                )
-            )
-        order = (WebhookEndpointRow.created_at.desc(), WebhookEndpointRow.id.desc())
-        return self.session.scalars(query.order_by(*order).limit(limit)).all()
+        return self.session.scalars(_newest_first(query, WebhookEndpointRow, after, limit)).all()
 
     def count_live(self, tenant_id: str) -> int:
         return len(self.live([tenant_id]))
@@ -75,18 +64,7 @@ class DeliveryRepo:
     ) -> Sequence[WebhookDeliveryRow]:
         """An endpoint's deliveries, newest first."""
         query = select(WebhookDeliveryRow).where(WebhookDeliveryRow.endpoint_id == endpoint_id)
-        if after is not None:
-            query = query.where(
-                or_(
-                    WebhookDeliveryRow.created_at < after.created_at,
-                    and_(
-                        WebhookDeliveryRow.created_at == after.created_at,
-                        WebhookDeliveryRow.id < after.id,
-                    ),
-                )
-            )
-        order = (WebhookDeliveryRow.created_at.desc(), WebhookDeliveryRow.id.desc())
-        return self.session.scalars(query.order_by(*order).limit(limit)).all()
+        return self.session.scalars(_newest_first(query, WebhookDeliveryRow, after, limit)).all()
 
     def claim(self, delivery_id: str, now: datetime, lease_until: datetime) -> bool:
         """pending (and due) -> sending, one attempt more: only one sender gets it."""
@@ -152,3 +130,20 @@ class DeliveryRepo:
             .values(published_at=now)
         )
         self.session.execute(query)
+
+
+Row = TypeVar("Row", WebhookEndpointRow, WebhookDeliveryRow)
+
+
+def _newest_first(
+    query: Select[Any], table: type[Row], after: Row | None, limit: int
+) -> Select[Any]:
+    """Keyset pagination on (created_at, id), newest first, rows strictly after `after`."""
+    if after is not None:
+        query = query.where(
+            or_(
+                table.created_at < after.created_at,
+                and_(table.created_at == after.created_at, table.id < after.id),
+            )
+        )
+    return query.order_by(table.created_at.desc(), table.id.desc()).limit(limit)
