@@ -160,6 +160,7 @@ class JobsContext:
             self.outbox,
             self.deliverer(),
             self.end_observer,
+            settings.dispatch_grace_s,
         )
 
     def close(self) -> None:

@@ -121,8 +121,12 @@ class IndexService:
         )
 
     def search(self, who: Principal, name: str, spec: dict[str, Any]) -> Submitted:
-        """Queue a search job on the fast path (its own queue and worker, top priority)."""
-        return self.jobs.submit(who, "search", {**spec, "index": name}, priority=SEARCH_PRIORITY)
+        """Queue a search job on the fast path (its own queue and worker, top priority);
+        its caller waits for it, so a broker outage is an error now, not a job for later."""
+        spec = {**spec, "index": name}
+        return self.jobs.submit(
+            who, "search", spec, priority=SEARCH_PRIORITY, require_dispatch=True
+        )
 
 
 def get_index_row(session: Session, tenant_id: str, name: str) -> IndexRow:

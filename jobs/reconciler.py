@@ -10,7 +10,11 @@ next worker's claim takes it over as a new attempt. A job cancelled while its wo
 died ends cancelled. A job whose lease ran out on its last allowed attempt fails as
 `worker_lost` instead of looping (Celery has no redelivery cap).
 
-The same sweep re-publishes webhook deliveries that are due (a retry after its backoff,
+The same sweep is the outbox's (jobs.dispatch): it publishes queued jobs that have had
+no message for a grace period (Redis was down at submit, or a requeue's publish failed),
+and all queued jobs again when the broker's epoch key shows Redis lost its data.
+
+It also re-publishes webhook deliveries that are due (a retry after its backoff,
 or one whose message was lost) and takes back those whose sender died mid-attempt.
 
 Every worker process runs the sweep; a Redis lock lets one of them sweep per interval.
@@ -26,7 +30,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.catalog import get_entry
-from jobs.errors import BrokerUnavailableError
+from jobs.dispatch import BrokerEpoch, Dispatcher
 from jobs.lifecycle import Claim, EndObserver
 from jobs.notify import JobEvents
 from jobs.queue import Publisher
@@ -52,9 +56,11 @@ class Reconciler:
         outbox: WebhookOutbox | None = None,
         deliverer: Deliverer | None = None,
         observer: EndObserver | None = None,
+        dispatch_grace_s: float = 10.0,
     ) -> None:
         self.sessions = sessions
-        self.publisher = publisher
+        self.dispatcher = Dispatcher(sessions, publisher)
+        self.dispatch_grace_s = dispatch_grace_s
         self.events = events
         self.max_attempts = max_attempts
         self.outbox = outbox
@@ -64,8 +70,12 @@ class Reconciler:
         # that missed a renewal or two (a database blip) is not taken over at once.
         self.grace_s = grace_s
 
-    def sweep(self) -> tuple[int, int]:
-        """(jobs given back to the queue, jobs failed as worker_lost)."""
+    def sweep(self, broker_reset: bool = False) -> tuple[int, int]:
+        """(jobs given back to the queue, jobs failed as worker_lost). `broker_reset`:
+        Redis lost its messages, so every queued job is published again."""
+        if broker_reset:
+            forgotten = self.dispatcher.forget_all()
+            log.warning("broker lost its data: %d queued job(s) to publish again", forgotten)
         now = datetime.now(UTC)
         cutoff = now - timedelta(seconds=self.grace_s)
         with self.sessions() as session:
@@ -80,12 +90,9 @@ class Reconciler:
                 lost += self._end(job, cutoff, JobStatus.FAILED, _lost(attempt))
             elif self._requeue(row.id, attempt, cutoff):
                 requeued += 1
-                try:
-                    self.publisher.publish(get_entry(row.kind), row.id)
-                except BrokerUnavailableError:
-                    # Queued in SQL with no message: a client retry with its idempotency
-                    # key publishes it again (issue 8's outbox sweep will too).
-                    log.warning("reconciler cannot publish job_id=%s: broker down", row.id)
+                # Not taken (broker down): it stays unmarked for the outbox sweep below.
+                self.dispatcher.dispatch(get_entry(row.kind), [row.id])
+        self.dispatcher.sweep(self.dispatch_grace_s)
         if requeued or lost:
             log.warning("reconciler: %d job(s) given back to the queue, %d lost", requeued, lost)
         if self.deliverer is not None and self.outbox is not None:
@@ -95,7 +102,7 @@ class Reconciler:
     def _requeue(self, job_id: str, attempt: int, cutoff: datetime) -> bool:
         """running -> queued, only if the same attempt still holds the same dead lease:
         the job is published once, not on every sweep."""
-        values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None}
+        values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None, "dispatched_at": None}
         return self._update(job_id, attempt, cutoff, JobStatus.RUNNING, values)
 
     def _end(self, job: Claim, cutoff: datetime, status: JobStatus, values: dict[str, Any]) -> bool:
@@ -148,6 +155,7 @@ class ReconcilerThread:
     def __init__(self, reconciler: Reconciler, redis: Redis, every_s: float) -> None:
         self.reconciler = reconciler
         self.redis = redis
+        self.epoch = BrokerEpoch(redis)
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
@@ -164,7 +172,7 @@ class ReconcilerThread:
         while not self._stop.wait(self.every_s):
             try:
                 if self._won_lock():
-                    self.reconciler.sweep()
+                    self.reconciler.sweep(broker_reset=self.epoch.was_reset())
             except Exception:  # SQL or Redis down: the next round tries again
                 log.exception("reconciler sweep failed")
 

@@ -23,7 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.catalog import JobKind, KindEntry, get_entry, parse_spec
+from jobs.dispatch import Dispatcher
 from jobs.errors import (
+    BrokerUnavailableError,
     IndexNotFoundError,
     JobNotFoundError,
     ModelNotFoundError,
@@ -77,6 +79,7 @@ class JobService:
     ) -> None:
         self.sessions = sessions
         self.publisher = publisher
+        self.dispatcher = Dispatcher(sessions, publisher)  # publish, then mark (the outbox)
         self.masker = masker
         self.events = events
         self.request_key = request_key
@@ -98,9 +101,15 @@ class JobService:
         priority: int = 5,
         idempotency_key: str | None = None,
         tokens: int | None = None,
+        require_dispatch: bool = False,
     ) -> Submitted:
         """Queue a job. `tokens`: its enqueued input tokens when the caller knows better
-        than the spec's text (a batch: its input file's estimate)."""
+        than the spec's text (a batch: its input file's estimate).
+
+        A job the broker cannot take (Redis down) stays queued and the outbox sweep
+        publishes it later; a caller that waits for the result now passes
+        `require_dispatch`, and the job then ends failed (`broker_unavailable`) and
+        BrokerUnavailableError is raised instead."""
         entry = get_entry(kind)
         parsed = parse_spec(entry, spec)
         if entry.model_kind is not None:
@@ -129,7 +138,9 @@ class JobService:
             if replay is None:
                 raise
             return replay
-        self._dispatch(entry, row)
+        if not self._dispatch(entry, row) and require_dispatch:
+            self._abandon(row)
+            raise BrokerUnavailableError("the broker (Redis) is unavailable; retry shortly")
         return Submitted(job=JobView.from_row(row), created=True)
 
     def prepare(
@@ -313,10 +324,28 @@ class JobService:
             if entry.on_submit is not None:
                 entry.on_submit(session, job=row)
 
-    def _dispatch(self, entry: KindEntry, row: JobRow) -> None:
-        """Publish after commit. A failure leaves the job queued; publishing it again later
-        is always safe, since a second message for a claimed or finished job does nothing."""
-        self.publisher.publish(entry, row.id)
+    def _dispatch(self, entry: KindEntry, row: JobRow) -> bool:
+        """Publish after commit. A job the broker does not take stays queued, unmarked,
+        for the outbox sweep (jobs.dispatch); False then."""
+        return not self.dispatcher.dispatch(entry, [row.id])
+
+    def _abandon(self, row: JobRow) -> None:
+        """End a job nobody will wait for: its caller gets a 503 and must not find it run
+        later by the outbox sweep."""
+        now = datetime.now(UTC)
+        values = {"status": JobStatus.FAILED.value, "finished_at": now, **_BROKER_DOWN}
+        deliveries: list[str] = []
+        with self.sessions.begin() as session:
+            ended = JobRepo(session).update_where(
+                row.id, statuses=[JobStatus.QUEUED.value], values=values
+            )
+            if ended and self.outbox is not None:
+                failed = Ended(row.id, row.tenant_id, row.kind, JobStatus.FAILED.value)
+                deliveries = self.outbox.record(session, [failed])
+        if ended:
+            self.events.announce(row.id, JobStatus.FAILED.value)
+            if self.outbox is not None:
+                self.outbox.publish(deliveries)
 
     def _replay(self, who: Principal, key: str, request_hash: str) -> Submitted | None:
         with self.sessions() as session:
@@ -335,6 +364,12 @@ class JobService:
         body = {"kind": entry.kind.value, "spec": parsed.model_dump(mode="json"), "p": priority}
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         return hmac.new(self.request_key, canonical, hashlib.sha256).hexdigest()
+
+
+_BROKER_DOWN = {
+    "error_type": "broker_unavailable",
+    "error_message": "the broker was down when the job was submitted; the caller got a 503",
+}
 
 
 def audit_event(

@@ -34,6 +34,9 @@ class JobsSettings(BaseSettings):
     # Workers re-publish jobs whose lease ran out (their worker died) this often (seconds);
     # 0 turns the sweep off in that process.
     reconcile_every_s: float = Field(default=10.0, ge=0, le=3600)
+    # The same sweep publishes queued jobs that have had no message for this long (Redis
+    # was down at submit, or the submitting process died between commit and publish).
+    dispatch_grace_s: float = Field(default=10.0, ge=0, le=3600)
     # The models file (JSON); unset: <data dir>/models.json.
     models_file: Path | None = None
     # The largest max_new_tokens a generate job may ask for on this server.

@@ -189,6 +189,37 @@ class JobRepo:
         assert isinstance(result, CursorResult)
         return result.rowcount == 1
 
+    def undispatched(self, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
+        """(id, kind) of queued jobs with no message known to be in Redis, created before
+        `cutoff`, most urgent first (ix_jobs_undispatched)."""
+        query = (
+            select(JobRow.id, JobRow.kind)
+            .where(
+                JobRow.status == "queued",
+                JobRow.dispatched_at.is_(None),
+                JobRow.created_at < cutoff,
+            )
+            .order_by(JobRow.created_at)
+            .limit(limit)
+        )
+        return [(job_id, kind) for job_id, kind in self.session.execute(query)]
+
+    def mark_dispatched(self, job_ids: Collection[str], when: datetime) -> None:
+        query = update(JobRow).where(JobRow.id.in_(job_ids)).values(dispatched_at=when)
+        self.session.execute(query, execution_options={"synchronize_session": False})
+
+    def forget_dispatches(self) -> int:
+        """Every queued job loses its marker: the broker lost its messages (a restart
+        without persistence), so each needs publishing again."""
+        query = (
+            update(JobRow)
+            .where(JobRow.status == "queued", JobRow.dispatched_at.is_not(None))
+            .values(dispatched_at=None)
+        )
+        result = self.session.execute(query, execution_options={"synchronize_session": False})
+        assert isinstance(result, CursorResult)
+        return result.rowcount
+
     def queued_by_kind(self, status: str) -> list[tuple[str, int, datetime]]:
         """(kind, jobs, oldest created_at) of every job in `status` (ix_jobs_status)."""
         query = (

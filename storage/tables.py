@@ -80,6 +80,14 @@ class JobRow(Base):
         Index("ix_jobs_status", "status"),
         # A tenant's live jobs, counted at every submit (the jobs-in-flight quota).
         Index("ix_jobs_tenant_status", "tenant_id", "status"),
+        # The outbox sweep's work list: queued jobs whose message is not known to be in
+        # Redis. Partial, so it holds only those few rows, never the whole backlog.
+        Index(
+            "ix_jobs_undispatched",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
+            sqlite_where=text("status = 'queued' AND dispatched_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -109,6 +117,9 @@ class JobRow(Base):
     # against the tenant's enqueued-tokens quota while it is queued or running. Sub-jobs
     # are inserted with Core (storage.repos.insert_row) and take the server default.
     tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # When the job's id was last put on its queue (the outbox marker): NULL while a queued
+    # job has no message known to be in Redis; the reconciler's sweep publishes those.
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class AuditEventRow(Base):

@@ -154,13 +154,14 @@ class BatchRun:
             repo = SubJobRepo(session, self.job.job_id)
             for _, row in rows:
                 repo.insert(row)
-        for _, row in rows:
-            self._publish(row.id, JobKind(row.kind))
+        for kind in {row.kind for _, row in rows}:
+            ids = [row.id for _, row in rows if row.kind == kind]
+            self.context.service.dispatcher.dispatch(CATALOG[JobKind(kind)], ids)
         return {line["line"]: row.id for line, row in rows}
 
-    def _publish(self, job_id: str, kind: JobKind | None = None) -> None:
-        kind = kind or JobKind(BATCH_ENDPOINTS[self.spec.endpoint])
-        self.context.service.publisher.publish(CATALOG[kind], job_id)
+    def _publish(self, job_id: str) -> None:
+        kind = JobKind(BATCH_ENDPOINTS[self.spec.endpoint])
+        self.context.service.dispatcher.dispatch(CATALOG[kind], [job_id])
 
     def _row(self, key: str, kind: JobKind, spec: dict[str, Any], now: datetime) -> JobRow:
         return JobRow(

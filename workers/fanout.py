@@ -103,8 +103,7 @@ class EmbedFanOut:
                     to_publish.append(found[0])
         # Commit, then publish. Re-publishing a queued sub-job of an earlier attempt is
         # safe: a message for a claimed or finished job does nothing.
-        for job_id in to_publish:
-            self.context.service.publisher.publish(EMBED, job_id)
+        self.context.service.dispatcher.dispatch(EMBED, to_publish)
         return job_ids
 
     def _key(self, n: int, texts: Sequence[str]) -> str:

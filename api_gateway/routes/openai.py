@@ -6,6 +6,7 @@ Each call submits a job like any other (masked, audited, queued) and waits for i
 package works unchanged. Response ids end in the job id (`chatcmpl-<job id>`).
 """
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter
@@ -124,9 +125,13 @@ async def _submit(
     service: JobService, who: Principal, kind: JobKind, spec: dict[str, Any]
 ) -> JobView:
     """Submit in the threadpool (SQL and the broker are synchronous), at interactive
-    priority."""
+    priority. The call waits for the job, so a broker outage answers 503 now (the job
+    ends failed) instead of leaving the job to run after the caller gave up."""
     submitted = await run_in_threadpool(
-        service.submit, who, kind.value, spec, priority=INTERACTIVE_PRIORITY
+        functools.partial(service.submit, priority=INTERACTIVE_PRIORITY, require_dispatch=True),
+        who,
+        kind.value,
+        spec,
     )
     return submitted.job
 

@@ -4,6 +4,7 @@ import time
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from jobs.context import JobsContext
 from jobs.keys import Principal
@@ -95,7 +96,13 @@ def test_retryable_release_requeues_and_failure_is_recorded(quiet_context: JobsC
     assert failed.error.type == "ModelNotFoundError"
 
 
-def test_broker_down_at_submit_keeps_the_job_and_replay_dispatches(
+def dispatched_at(context: JobsContext, job_id: str) -> object:
+    with context.engine.connect() as connection:
+        query = text("SELECT dispatched_at FROM jobs WHERE id = :id")
+        return connection.execute(query, {"id": job_id}).scalar_one()
+
+
+def test_broker_down_at_submit_keeps_the_job_for_the_outbox(
     stack: Stack, quiet_context: JobsContext
 ) -> None:
     from jobs.errors import BrokerUnavailableError
@@ -104,17 +111,22 @@ def test_broker_down_at_submit_keeps_the_job_and_replay_dispatches(
     down = make_context(stack.database_url, 0)
     down.celery.conf.broker_url = "redis://127.0.0.1:1/0"
     try:
-        with pytest.raises(BrokerUnavailableError):
-            down.service.submit(who, "ping", {"payload": "p"}, idempotency_key="outage-1")
+        kept = down.service.submit(who, "ping", {"payload": "p"}, idempotency_key="outage-1")
+        with pytest.raises(BrokerUnavailableError):  # a caller waiting for it: 503 now
+            down.service.submit(who, "ping", {"payload": "w"}, require_dispatch=True)
     finally:
         down.close()
-    stored = quiet_context.service.list_jobs(who).data[0]
+    stored = quiet_context.service.get(who, kept.job.id)
     assert stored.status == "queued" and stored.idempotency_key == "outage-1"
+    assert dispatched_at(quiet_context, stored.id) is None  # the sweep's to publish
+    abandoned = quiet_context.service.list_jobs(who, status="failed").data[0]
+    assert abandoned.error is not None and abandoned.error.type == "broker_unavailable"
     broker = redis.Redis.from_url(redis_url(stack.redis_db + 2))
     assert broker.llen("cpu.ping") == 0
     replay = quiet_context.service.submit(who, "ping", {"payload": "p"}, idempotency_key="outage-1")
     assert not replay.created and replay.job.id == stored.id
     assert broker.llen("cpu.ping") == 1  # the replay published the id the outage lost
+    assert dispatched_at(quiet_context, stored.id) is not None
     assert quiet_context.lifecycle("w").claim(stored.id) is not None
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from jobs.catalog import KindEntry
+from jobs.errors import BrokerUnavailableError
 from jobs.reconciler import Reconciler
 from storage.db import make_engine, make_session_factory
 from storage.migrate import upgrade
@@ -14,7 +15,11 @@ from storage.tables import JobRow, TenantRow
 
 
 class Published(list[str]):
+    down = False  # True: the broker refuses every message
+
     def publish(self, entry: KindEntry, job_id: str) -> None:
+        if self.down:
+            raise BrokerUnavailableError("broker unavailable: ConnectionError")
         self.append(job_id)
 
 
@@ -33,7 +38,15 @@ def sessions(tmp_path: Path):  # type: ignore[no-untyped-def]
     return factory
 
 
-def add_job(sessions, job_id: str, status: str, attempt: int, lease_age_s: float | None) -> None:  # type: ignore[no-untyped-def]
+def add_job(  # type: ignore[no-untyped-def]
+    sessions,
+    job_id: str,
+    status: str,
+    attempt: int,
+    lease_age_s: float | None,
+    age_s: float = 0,
+    dispatched: bool = True,
+) -> None:
     lease = None
     if lease_age_s is not None:
         lease = datetime.now(UTC) - timedelta(seconds=lease_age_s)
@@ -48,6 +61,8 @@ def add_job(sessions, job_id: str, status: str, attempt: int, lease_age_s: float
                 spec={},
                 attempt=attempt,
                 lease_expires_at=lease,
+                created_at=datetime.now(UTC) - timedelta(seconds=age_s),
+                dispatched_at=datetime.now(UTC) if dispatched else None,
             )
         )
 
@@ -93,3 +108,49 @@ def test_the_last_attempt_ends_worker_lost_and_a_cancel_ends_cancelled(sessions)
     assert sorted(announced) == [("doomed", "failed"), ("stopping", "cancelled")]
     # The worker metrics count them (seekq_jobs_total{error="worker_lost"}).
     assert sorted(ended) == [("doomed", "failed", "worker_lost"), ("stopping", "cancelled", None)]
+
+
+def dispatched(sessions, job_id: str) -> bool:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        return session.get(JobRow, job_id).dispatched_at is not None
+
+
+def test_the_outbox_sweep_publishes_undispatched_jobs_after_the_grace(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_job(sessions, "lost", "queued", 0, None, age_s=60, dispatched=False)
+    add_job(sessions, "fresh", "queued", 0, None, age_s=1, dispatched=False)  # still in grace
+    add_job(sessions, "sent", "queued", 0, None, age_s=60)
+    add_job(sessions, "done", "succeeded", 1, None, age_s=60, dispatched=False)
+    published = Published()
+    reconciler = Reconciler(sessions, published, Announced(), 3, 30, dispatch_grace_s=10)  # type: ignore[arg-type]
+    published.down = True
+    assert reconciler.sweep() == (0, 0)
+    assert published == [] and not dispatched(sessions, "lost")  # kept for the next sweep
+    published.down = False
+    reconciler.sweep()
+    assert published == ["lost"] and dispatched(sessions, "lost")
+    reconciler.sweep()
+    assert published == ["lost"]  # marked: published once
+
+
+def test_a_requeue_the_broker_refused_is_published_by_a_later_sweep(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_job(sessions, "dead", "running", 1, lease_age_s=100, age_s=600)
+    published = Published()
+    reconciler = Reconciler(sessions, published, Announced(), 3, 30, dispatch_grace_s=10)  # type: ignore[arg-type]
+    published.down = True
+    assert reconciler.sweep() == (1, 0)
+    assert state(sessions, "dead") == ("queued", 1, None) and not dispatched(sessions, "dead")
+    published.down = False
+    assert reconciler.sweep() == (0, 0)
+    assert published == ["dead"]
+
+
+def test_a_broker_that_lost_its_data_gets_every_queued_job_again(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_job(sessions, "a", "queued", 0, None, age_s=60)
+    add_job(sessions, "b", "queued", 0, None, age_s=30)
+    add_job(sessions, "running", "running", 1, lease_age_s=-20, age_s=60)
+    published = Published()
+    reconciler = Reconciler(sessions, published, Announced(), 3, 30, dispatch_grace_s=10)  # type: ignore[arg-type]
+    reconciler.sweep()
+    assert published == []
+    reconciler.sweep(broker_reset=True)
+    assert published == ["a", "b"]  # oldest first; the running job keeps its worker
