@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from api_gateway import errors, streaming
 from api_gateway.limits import BodySizeLimit
 from api_gateway.metrics import GatewayMetrics, MetricsMiddleware
+from api_gateway.rate_limit import KeyRateLimiter, RateLimitHeaders
 from api_gateway.routes import (
     batches,
     dashboard,
@@ -38,9 +39,16 @@ def create_app(
         app.state.context = context or JobsContext.create()
         app.state.settings = settings
         app.state.stream_redis = streaming.connect(app.state.context.settings.broker_url)
+        app.state.rate_limiter = KeyRateLimiter.connect(
+            app.state.context.settings.broker_url,
+            settings.rate_limit_per_minute,
+            settings.rate_limit_burst,
+            metrics.registry,
+        )
         metrics.watch_queues(app.state.context.redis, app.state.context.sessions)
         yield
         await app.state.stream_redis.aclose()
+        await app.state.rate_limiter.close()
         if owned:
             app.state.context.close()
 
@@ -70,5 +78,6 @@ def create_app(
         upload_max_bytes=max_file_bytes + UPLOAD_FRAMING_BYTES,
         upload_paths=frozenset({"/v1/files"}),
     )
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: a 413 is timed too
     return app

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api_gateway.rate_limit import KeyRateLimiter
 from api_gateway.settings import GatewaySettings
 from jobs.context import JobsContext
 from jobs.errors import AuthError
@@ -43,6 +44,15 @@ def get_principal(
     return context.keys.authenticate(credentials.credentials)
 
 
+async def get_rate_limited_principal(
+    request: Request, principal: Annotated[Principal, Depends(get_principal)]
+) -> Principal:
+    """The principal, once its key is under its request rate (429 otherwise)."""
+    limiter: KeyRateLimiter = request.app.state.rate_limiter
+    await limiter.admit(principal.key_id, request.scope.setdefault("state", {}))
+    return principal
+
+
 def get_files(context: ContextDep) -> FileService:
     return context.files
 
@@ -54,4 +64,4 @@ def get_indexes(context: ContextDep) -> IndexService:
 ServiceDep = Annotated[JobService, Depends(get_service)]
 FilesDep = Annotated[FileService, Depends(get_files)]
 IndexesDep = Annotated[IndexService, Depends(get_indexes)]
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+PrincipalDep = Annotated[Principal, Depends(get_rate_limited_principal)]

@@ -4,6 +4,7 @@ Every error body has the OpenAI shape {"error": {"message", "type", "param", "co
 the official `openai` package raises its usual exceptions. Messages never echo input.
 """
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api_gateway.rate_limit import RateLimitExceededError
 from jobs.documents import DocumentError
 from jobs.errors import (
     AdapterExistsError,
@@ -63,6 +65,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (ConflictError, 409, "conflict"),
     (InvalidTransitionError, 409, "invalid_state"),
     (AuthError, 401, "invalid_api_key"),
+    (RateLimitExceededError, 429, "rate_limit_exceeded"),  # OpenAI's code
     (QuotaExceededError, 429, "quota_exceeded"),
     (BrokerUnavailableError, 503, "broker_unavailable"),
     (ConfigError, 503, "misconfigured"),
@@ -90,7 +93,9 @@ async def on_seekq_error(_: Request, exc: Exception) -> JSONResponse:
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if status in (429, 503):
+    if isinstance(exc, RateLimitExceededError):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    elif status in (429, 503):
         headers["Retry-After"] = "5"
     return JSONResponse(error_body(str(exc), code), status_code=status, headers=headers)
 

@@ -22,6 +22,10 @@ class GatewaySettings(BaseSettings):
     # Tenants whose keys may look at any tenant's jobs on the dashboard (its tenant
     # filter; a JSON list of tenant names). Empty: every tenant sees its own only.
     dashboard_admin_tenants: frozenset[str] = frozenset()
+    # Requests per minute per API key (api_gateway.rate_limit), shared by every gateway
+    # through Redis; a key may send `rate_limit_burst` at once. 0 turns the limit off.
+    rate_limit_per_minute: int = Field(default=6000, ge=0, le=10_000_000)
+    rate_limit_burst: int = Field(default=600, ge=1, le=1_000_000)
 
 
 @lru_cache
