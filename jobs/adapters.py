@@ -10,7 +10,6 @@ transaction that marks the job succeeded (`register_adapter`, the on-success eff
 an adapter is served exactly when its job succeeded, once, whatever the retries.
 """
 
-import hashlib
 import shutil
 import tempfile
 import uuid
@@ -22,13 +21,13 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.errors import AdapterExistsError, ModelNotFoundError
+from jobs.errors import AdapterExistsError, ArtifactCorruptError, ModelNotFoundError
 from jobs.finetune_specs import FineTuneResult, FineTuneSpec
 from jobs.keys import Principal
 from jobs.lifecycle import Claim
 from jobs.registry import split_model
 from jobs.status import IN_FLIGHT
-from storage.artifacts import ArtifactStore
+from storage.artifacts import ArtifactDigestError, ArtifactStore, get_verified
 from storage.finetune_repos import AdapterRepo
 from storage.repos import JobRepo
 from storage.tables import AdapterRow, JobRow
@@ -207,9 +206,11 @@ class AdapterService:
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache_dir))
         try:
             for name, info in row.files.items():
-                data = self.artifacts.get(f"{row.artifact_prefix}/{name}")
-                if hashlib.sha256(data).hexdigest() != info["sha256"]:
-                    raise ValueError(f"adapter file {name} does not match its recorded sha256")
+                key = f"{row.artifact_prefix}/{name}"
+                try:
+                    data = get_verified(self.artifacts, key, info["sha256"], info.get("size"))
+                except ArtifactDigestError:
+                    raise ArtifactCorruptError(key, "adapter file") from None
                 (staging / name).write_bytes(data)
             staging.rename(target)
         except OSError:

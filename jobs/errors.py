@@ -22,6 +22,8 @@
     │   │                          a fine-tuned adapter's files cannot be served)
     │   ├── AuthError             missing, malformed, unknown or revoked API key
     │   ├── JobFailedError        the job a synchronous call waited for failed
+    │   ├── ArtifactCorruptError  a stored artifact (index version, adapter file) does not
+    │   │                         match the sha256 recorded when seekq wrote it
     │   └── ConfigError           settings that cannot work (placeholder secret, bad URL)
     ├── RetryableError            a transient failure; the same call may succeed later
     │   ├── QuotaExceededError      the tenant has its quota of jobs in flight
@@ -154,6 +156,15 @@ class JobCancelledError(SeekqError):
 
 class JobFailedError(PermanentError):
     """The job behind a synchronous call (e.g. /v1/embeddings) failed."""
+
+
+class ArtifactCorruptError(PermanentError):
+    """A stored artifact does not match the sha256 recorded when seekq wrote it: nothing is
+    loaded from it. `key` names it (for the operator's log); the bytes are never shown."""
+
+    def __init__(self, key: str, what: str = "artifact") -> None:
+        self.key = key
+        super().__init__(f"{what} {key} does not match the sha256 recorded when it was written")
 
 
 class JobTimeoutError(RetryableError):

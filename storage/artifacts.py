@@ -22,6 +22,7 @@ map these):
     ArtifactError
     ├── InvalidArtifactKeyError  (also a ValueError)    the key breaks the rules above
     ├── ArtifactTooLargeError    (also a ValueError)    a put over the store's size limit
+    ├── ArtifactDigestError      (also a ValueError)    the bytes are not what was written
     └── ArtifactNotFoundError    (also a FileNotFoundError)  no artifact under the key
 """
 
@@ -62,6 +63,14 @@ class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
     """No artifact is stored under the key."""
 
 
+class ArtifactDigestError(ArtifactError, ValueError):
+    """The stored bytes do not match the size and sha256 recorded when they were written."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"artifact {key!r} does not match the sha256 recorded when written")
+
+
 @dataclass(frozen=True)
 class ArtifactInfo:
     key: str
@@ -91,6 +100,16 @@ class ArtifactStore(Protocol):
     def list(self, prefix: str = "") -> list[str]:
         """Keys starting with `prefix` (a plain string prefix, as S3 lists), sorted."""
         ...
+
+
+def get_verified(store: ArtifactStore, key: str, sha256: str, size: int | None = None) -> bytes:
+    """The artifact's bytes, when they match the `sha256` (and `size`) recorded at `put`;
+    ArtifactDigestError otherwise. A file changed on disk, by damage or by hand, is never
+    handed on to a loader (FAISS, safetensors), whatever it holds."""
+    data = store.get(key)
+    if (size is not None and len(data) != size) or hashlib.sha256(data).hexdigest() != sha256:
+        raise ArtifactDigestError(key)
+    return data
 
 
 def validate_key(key: str) -> str:

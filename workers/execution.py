@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.catalog import KindEntry
-from jobs.errors import JobCancelledError, PermanentError, RetryableError
+from jobs.errors import ArtifactCorruptError, JobCancelledError, PermanentError, RetryableError
 from jobs.lifecycle import Claim, Lifecycle
 from jobs.status import JobStatus
 from workers.cancel import CancelWatch
@@ -167,5 +167,8 @@ def record_cancel(
 
 
 def record_failure(lifecycle: Lifecycle, claim: Claim, exc: Exception) -> JobStatus | None:
-    log.warning("job failed job_id=%s error=%s", claim.job_id, type(exc).__name__)
+    if isinstance(exc, ArtifactCorruptError):  # the operator restores or rebuilds this key
+        log.error("job failed job_id=%s error=%s key=%s", claim.job_id, type(exc).__name__, exc.key)
+    else:
+        log.warning("job failed job_id=%s error=%s", claim.job_id, type(exc).__name__)
     return JobStatus.FAILED if lifecycle.fail(claim, type(exc).__name__, str(exc)) else None

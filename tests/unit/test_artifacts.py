@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from storage.artifacts import (
+    ArtifactDigestError,
     ArtifactNotFoundError,
     ArtifactTooLargeError,
     InvalidArtifactKeyError,
     LocalArtifactStore,
+    get_verified,
     validate_key,
 )
 from storage.settings import StorageSettings
@@ -166,3 +168,39 @@ def test_stale_temporary_files_are_removed(store: LocalArtifactStore) -> None:
     assert store.list() == ["a/blob"]  # never listed
     assert store.remove_temporary(older_than_s=3600) == 1
     assert not stale.exists() and fresh.exists()
+
+
+def test_get_verified_refuses_bytes_that_are_not_the_ones_written(
+    store: LocalArtifactStore,
+) -> None:
+    info = store.put("indexes/acme/handbook/v1.faiss", b"vectors")
+    assert get_verified(store, info.key, info.sha256, info.size) == b"vectors"
+    path = store.root / info.key
+    damaged = bytearray(path.read_bytes())
+    damaged[0] ^= 0x01  # one flipped bit, same size
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ArtifactDigestError) as raised:
+        get_verified(store, info.key, info.sha256, info.size)
+    assert raised.value.key == info.key and "vectors" not in str(raised.value)
+    path.write_bytes(b"vectors" + b"!")  # longer: refused on its size
+    with pytest.raises(ArtifactDigestError):
+        get_verified(store, info.key, info.sha256, info.size)
+
+
+def test_a_changed_adapter_file_is_never_copied_out(
+    store: LocalArtifactStore, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from jobs.adapters import AdapterService
+    from jobs.errors import ArtifactCorruptError
+
+    info = store.put("adapters/acme/a_1/adapter_model.safetensors", b"weights")
+    files = {"adapter_model.safetensors": {"size": info.size, "sha256": info.sha256}}
+    row = SimpleNamespace(id="a_1", files=files, artifact_prefix="adapters/acme/a_1")
+    (store.root / info.key).write_bytes(b"Weights")
+    service = AdapterService(None, store)  # type: ignore[arg-type]
+    with pytest.raises(ArtifactCorruptError, match="adapter file") as raised:
+        service.local_copy(row, tmp_path / "cache")  # type: ignore[arg-type]
+    assert raised.value.key == info.key
+    assert not (tmp_path / "cache" / "a_1").exists()

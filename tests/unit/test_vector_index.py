@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from jobs.errors import SpecError
+from jobs.errors import ArtifactCorruptError, SpecError
 from storage.artifacts import LocalArtifactStore
 from workers.backends.index_versions import IndexVersionNotFoundError, IndexVersions
 from workers.backends.vector_index import (
@@ -282,8 +282,9 @@ def test_a_damaged_current_file_is_refused_not_served(store: LocalArtifactStore)
     data = bytearray(store.get(pointer.key))
     data[-1] ^= 0xFF
     store.put(pointer.key, bytes(data))
-    with pytest.raises(IndexFormatError, match="sha256"):
+    with pytest.raises(ArtifactCorruptError, match="sha256") as raised:
         versions.load_current()
+    assert raised.value.key == pointer.key
 
 
 # ---------------------------------------------------------------- recall on real embeddings

@@ -2,13 +2,18 @@
 and a `CURRENT` pointer swapped atomically, so a crash mid-write never corrupts the
 serving index and a reader's loaded version never changes under it."""
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
 
-from jobs.errors import PermanentError, SpecError
-from storage.artifacts import ArtifactNotFoundError, ArtifactStore, validate_key
+from jobs.errors import ArtifactCorruptError, PermanentError, SpecError
+from storage.artifacts import (
+    ArtifactDigestError,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    get_verified,
+    validate_key,
+)
 from workers.backends.vector_index import IndexFormatError, VectorIndex
 
 
@@ -101,9 +106,13 @@ class IndexVersions:
         raise IndexVersionNotFoundError(f"index versions under {self.prefix} keep vanishing")
 
     def load(self, pointer: IndexPointer) -> VectorIndex:
-        data = self.store.get(pointer.key)
-        if len(data) != pointer.size or hashlib.sha256(data).hexdigest() != pointer.sha256:
-            raise IndexFormatError(f"{pointer.key} does not match its pointer's sha256")
+        """The version `pointer` names; ArtifactCorruptError if its file is not the one
+        written (FAISS never reads a changed file: its parser is not built for hostile
+        bytes)."""
+        try:
+            data = get_verified(self.store, pointer.key, pointer.sha256, pointer.size)
+        except ArtifactDigestError:
+            raise ArtifactCorruptError(pointer.key, "index file") from None
         return VectorIndex.from_bytes(data)
 
     def versions(self) -> list[int]:
