@@ -1,4 +1,4 @@
-"""kombu's Redis transport, reusing one client object per channel.
+"""kombu's Redis transport, reusing one client object per channel; TLS options for it.
 
 kombu builds a new `redis.Redis` object for every publish, ack and event, and with
 redis-py 8 that constructor alone costs ~0.5 ms (it rebuilds the response-callback
@@ -7,11 +7,17 @@ rebuilt only when kombu replaces the channel's connection pool. The connection p
 the client object, holds the connections; redis-py clients are safe to share.
 """
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from kombu.transport import redis as kombu_redis
 
+from jobs.errors import ConfigError
+
 TRANSPORT = "jobs.broker:Transport"
+CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 class Channel(kombu_redis.Channel):
@@ -28,3 +34,25 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def broker_tls(broker_url: str) -> dict[str, Any] | None:
+    """Celery's `broker_use_ssl` for a `rediss://` URL (None for `redis://`), read from the
+    URL's query: the `ssl_cert_reqs`, `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile` and
+    `ssl_check_hostname` that redis-py's `from_url` reads too, so every client agrees.
+
+    Why it is needed: with seekq's transport the URL's scheme no longer tells kombu to use
+    TLS, and kombu's own fallback for a bare `rediss://` is CERT_NONE. Here the server's
+    certificate is verified unless the URL says `ssl_cert_reqs=none`."""
+    parts = urlsplit(broker_url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = query.get("ssl_cert_reqs", "required").lower()
+    if reqs not in CERT_REQS:
+        raise ConfigError(f"ssl_cert_reqs in SEEKQ_BROKER_URL must be one of {sorted(CERT_REQS)}")
+    options: dict[str, Any] = {"ssl_cert_reqs": CERT_REQS[reqs]}
+    options.update((name, query[name]) for name in TLS_FILES if name in query)
+    if "ssl_check_hostname" in query:
+        options["ssl_check_hostname"] = query["ssl_check_hostname"].lower() in {"1", "true", "yes"}
+    return options

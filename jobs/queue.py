@@ -10,7 +10,7 @@ from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from jobs.broker import TRANSPORT
+from jobs.broker import TRANSPORT, broker_tls
 from jobs.catalog import CATALOG, KindEntry
 from jobs.errors import BrokerUnavailableError
 from jobs.settings import JobsSettings
@@ -21,6 +21,7 @@ def celery_config(settings: JobsSettings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_transport": TRANSPORT,
+        "broker_use_ssl": broker_tls(settings.broker_url),  # None: plain redis://
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",

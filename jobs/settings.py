@@ -23,7 +23,9 @@ MIN_SECRET_CHARS = 32
 class JobsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEEKQ_", extra="ignore")
 
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    # redis://[user]:password@host:port/db, or rediss://...?ssl_ca_certs=...&ssl_certfile=...
+    # &ssl_keyfile=... (jobs.broker.broker_tls). Left out of repr: it may hold a password.
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     # Keys the PII fingerprints and the API-key hashes. Unset with SQLite: generated once
     # into the data dir (0600). Unset with any other database: refused.
     secret_key: SecretStr | None = None

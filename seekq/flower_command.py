@@ -14,12 +14,13 @@ Flower shows task arguments: seekq's messages carry a job id and nothing else.
 import os
 import secrets
 
+from celery import Celery
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.errors import ConfigError
 from jobs.queue import make_celery
-from jobs.settings import get_jobs_settings, read_or_create
+from jobs.settings import JobsSettings, get_jobs_settings, read_or_create
 from storage.settings import StorageSettings, get_storage_settings
 
 MIN_PASSWORD_CHARS = 12
@@ -72,8 +73,17 @@ def run_flower() -> None:
     settings, storage = FlowerSettings(), get_storage_settings()
     storage.data_dir.mkdir(parents=True, exist_ok=True)
     argv = flower_argv(settings, storage)
-    app = make_celery(get_jobs_settings())
-    app.start(argv=argv)
+    flower_celery(get_jobs_settings()).start(argv=argv)
+
+
+def flower_celery(settings: JobsSettings) -> Celery:
+    """seekq's Celery config on kombu's own Redis transport. Flower reads the broker URL
+    back from the connection to count queued messages and knows only the redis and rediss
+    schemes, which seekq's transport (jobs.broker) renames; the TLS options still come from
+    `broker_use_ssl`."""
+    app = make_celery(settings)
+    app.conf.broker_transport = None
+    return app
 
 
 def _checked(value: str) -> str:
