@@ -16,6 +16,7 @@ from api_gateway.rate_limit import RateLimitExceededError
 from jobs.documents import DocumentError
 from jobs.errors import (
     AdapterExistsError,
+    ArtifactCorruptError,
     AuthError,
     BrokerUnavailableError,
     ConfigError,
@@ -69,6 +70,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
     (QuotaExceededError, 429, "quota_exceeded"),
     (BrokerUnavailableError, 503, "broker_unavailable"),
     (ConfigError, 503, "misconfigured"),
+    (ArtifactCorruptError, 500, "artifact_corrupt"),  # changed on disk: for the operator
     (RetryableError, 503, "unavailable"),
 )
 

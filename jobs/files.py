@@ -21,14 +21,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.batch_input import decode_batch_lines, encode_batch_lines, parse_batch_file
 from jobs.datasets import decode_examples, encode_examples, parse_dataset
 from jobs.documents import BadLineError, Document, DocumentError, extract, mask_document, safe_name
-from jobs.errors import DatasetError, SpecError, UploadNotFoundError
+from jobs.errors import ArtifactCorruptError, DatasetError, SpecError, UploadNotFoundError
 from jobs.index_records import FilePage, FileView
 from jobs.index_specs import FILE_ID_PATTERN
 from jobs.keys import Principal
 from jobs.pii import PiiMasker
 from jobs.quota import request_tokens
 from jobs.service import audit_event
-from storage.artifacts import ArtifactNotFoundError, ArtifactStore
+from storage.artifacts import (
+    ArtifactDigestError,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    get_verified,
+)
 from storage.index_repos import FileRepo
 from storage.repos import AuditRepo
 from storage.tables import FileRow
@@ -246,13 +251,15 @@ class FileService:
     def _content(self, tenant_id: str, file_id: str, purposes: Collection[str]) -> bytes:
         with self.sessions() as session:
             row = self._row(session, tenant_id, file_id)
-            key, purpose = row.artifact_key, row.purpose
+            key, purpose, sha256 = row.artifact_key, row.purpose, row.sha256
         if purpose not in purposes:
             raise SpecError(f"{file_id} is a '{purpose}' file, not {_wanted(purposes)}")
         try:
-            return self.artifacts.get(key)
+            return get_verified(self.artifacts, key, sha256)
         except ArtifactNotFoundError:
             raise UploadNotFoundError(f"{file_id}: the file's stored content is gone") from None
+        except ArtifactDigestError:
+            raise ArtifactCorruptError(key, "stored file") from None
 
     @staticmethod
     def _row(session: Session, tenant_id: str, file_id: str) -> FileRow:

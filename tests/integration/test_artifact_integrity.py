@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from storage.tables import IndexRow
+from storage.tables import FileRow, IndexRow
 from tests.conftest import IndexWorkers, Stack, unique
-from tests.integration.test_index_flow import ingest, wait_job
+from tests.integration.test_index_flow import ingest, upload, wait_job
 
 SECRET_LINE = "The vault code word is marmalade-seventeen."
 
@@ -57,3 +57,18 @@ def test_a_changed_index_file_fails_search_with_artifact_corrupt(
     lines = [line for line in log.splitlines() if job["id"] in line and "job failed" in line]
     assert lines and "error=ArtifactCorruptError" in lines[0] and path.name in lines[0]
     assert "marmalade" not in log
+
+
+def test_a_changed_stored_file_is_refused_with_artifact_corrupt(stack: Stack) -> None:
+    with stack.http() as http:
+        uploaded = upload(http, "vault.md", SECRET_LINE.encode())
+        assert uploaded.status_code == 200, uploaded.text
+        file_id = uploaded.json()["id"]
+        with stack.context.sessions() as session:
+            key = session.scalar(select(FileRow.artifact_key).where(FileRow.id == file_id))
+        assert key is not None
+        flip_a_byte(stack.tmp / "artifacts" / key)
+        answer = http.get(f"/v1/files/{file_id}/content")
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "artifact_corrupt"
+    assert "marmalade" not in answer.text
