@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-import phonenumbers
+from jobs.pii_dates import find_dates
+from jobs.pii_phones import find_phones
+from jobs.pii_secrets import find_secrets
 
 POLICY_VERSION: str = "pii-v1"
 # What a masked value looks like in text: [TYPE:<fp>] or [TYPE:<shown>:<fp>].
@@ -42,6 +44,7 @@ class EntityType(StrEnum):
     PRC_ID = "PRC_ID"
     IBAN = "IBAN"
     DATE = "DATE"
+    SECRET = "SECRET"  # noqa: S105 - an entity name, not a password
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class _Span:
     entity: EntityType
     value: str  # normalised: the fingerprint input, never emitted
     shown: str = ""  # the part the policy allows to stay visible
+    reserved: bool = False  # a look-alike: kept from later detectors, left unmasked
 
 
 Detector = Callable[[str], Iterable[_Span]]
@@ -124,9 +128,15 @@ def _prc_checksum_ok(value: str) -> bool:
     return _PRC_CHECK[total % 11] == value[17].upper()
 
 
+def _prc_birth_date_ok(value: str) -> bool:
+    """Digits 7-14 are the holder's birth date; 18xx is valid (GB 11643 allows it)."""
+    century, month, day = value[6:8], int(value[10:12]), int(value[12:14])
+    return century in {"18", "19", "20"} and 1 <= month <= 12 and 1 <= day <= 31
+
+
 def _find_prc_ids(probe: str) -> Iterator[_Span]:
     for m in _PRC_ID.finditer(probe):
-        if _prc_checksum_ok(m.group()):
+        if _prc_birth_date_ok(m.group()) and _prc_checksum_ok(m.group()):
             yield _Span(m.start(), m.end(), EntityType.PRC_ID, m.group().upper())
 
 
@@ -139,7 +149,17 @@ _IBAN = re.compile(
     r"(?:[A-Za-z0-9]{11,30}|(?: [A-Za-z0-9]{4}){2,7}(?: [A-Za-z0-9]{1,4})?)"
     r"(?![0-9A-Za-z])"
 )
-_IBAN_MIN_LEN = 15  # Norway, the shortest national format
+# Length of each country's IBAN (SWIFT IBAN registry): a candidate must have exactly
+# its country's length, which rules out chance mod-97 passes on shorter prefixes.
+_IBAN_REGISTRY = (
+    "AD:24 AE:23 AL:28 AT:20 AZ:28 BA:20 BE:16 BG:22 BH:22 BR:29 BY:28 CH:21 CR:22 "
+    "CY:28 CZ:24 DE:22 DK:18 DO:28 EE:20 EG:29 ES:24 FI:18 FO:18 FR:27 GB:22 GE:22 "
+    "GI:23 GL:18 GR:27 GT:28 HR:21 HU:28 IE:22 IL:23 IQ:23 IS:26 IT:27 JO:30 KW:30 "
+    "KZ:20 LB:28 LC:32 LI:21 LT:20 LU:20 LV:21 MC:27 MD:24 ME:22 MK:19 MR:27 MT:31 "
+    "MU:30 NL:18 NO:15 PK:24 PL:28 PS:29 PT:25 QA:29 RO:24 RS:22 SA:24 SC:31 SE:24 "
+    "SI:19 SK:24 SM:27 ST:25 SV:28 TL:23 TN:24 TR:26 UA:29 VA:22 VG:24 XK:20"
+)
+_IBAN_LENGTHS = {cc: int(n) for cc, n in (row.split(":") for row in _IBAN_REGISTRY.split())}
 
 
 def _iban_checksum_ok(compact: str) -> bool:
@@ -147,26 +167,29 @@ def _iban_checksum_ok(compact: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
-def _iban_in(candidate: str) -> int:
-    """Length of the longest valid IBAN prefix ending on a group, or 0.
+def _iban_shaped(candidate: str) -> int:
+    """Length of the group-aligned prefix with the country's IBAN length, or 0.
 
     The grouped form may swallow a following 4-letter word ("... 32 THEN"),
     so shorter group-aligned prefixes are tried too.
     """
+    wanted = _IBAN_LENGTHS.get(candidate[:2].upper(), 0)
     ends = [len(candidate)] + [i for i in range(len(candidate) - 1, 3, -1) if candidate[i] == " "]
     for end in ends:
-        compact = candidate[:end].replace(" ", "").upper()
-        if len(compact) >= _IBAN_MIN_LEN and _iban_checksum_ok(compact):
+        if len(candidate[:end].replace(" ", "")) == wanted:
             return end
     return 0
 
 
 def _find_ibans(probe: str) -> Iterator[_Span]:
     for m in _IBAN.finditer(probe):
-        length = _iban_in(m.group())
+        length = _iban_shaped(m.group())
         if length:
             value = m.group()[:length].replace(" ", "").upper()
-            yield _Span(m.start(), m.start() + length, EntityType.IBAN, value)
+            # A wrong check digit is a typo or a look-alike: not masked, but reserved
+            # so its digit groups are not read as a card or a phone either.
+            reserved = not _iban_checksum_ok(value)
+            yield _Span(m.start(), m.start() + length, EntityType.IBAN, value, reserved=reserved)
 
 
 # --------------------------------------------------------------------------
@@ -217,14 +240,52 @@ def _groups_of(run: re.Match[str]) -> _Groups:
     )
 
 
-def _card_end(groups: _Groups, sums: tuple[list[int], ...], first: int, limit: int) -> int:
+# Issuer prefixes (as numeric ranges of their first four digits) and the PAN lengths
+# each brand issues. Luhn alone passes one random number in ten, so order, invoice and
+# ID numbers need the brand's prefix *and* length as well.
+_BRAND_RANGES: tuple[tuple[int, int, frozenset[int]], ...] = (
+    (4000, 4999, frozenset({13, 16, 19})),  # Visa
+    (5100, 5599, frozenset({16})),  # Mastercard
+    (2221, 2720, frozenset({16})),  # Mastercard 2-series
+    (3400, 3499, frozenset({15})),  # Amex
+    (3700, 3799, frozenset({15})),
+    (3000, 3059, frozenset(range(14, 20))),  # Diners Club
+    (3600, 3699, frozenset(range(14, 20))),
+    (3800, 3999, frozenset(range(16, 20))),
+    (3528, 3589, frozenset(range(16, 20))),  # JCB
+    (6011, 6011, frozenset(range(16, 20))),  # Discover
+    (6440, 6599, frozenset(range(16, 20))),
+    (6200, 6299, frozenset(range(16, 20))),  # UnionPay
+    (5018, 5018, frozenset(range(13, 20))),  # Maestro (12-digit ones are not searched)
+    (5020, 5038, frozenset(range(13, 20))),
+    (6304, 6304, frozenset(range(13, 20))),
+    (6759, 6763, frozenset(range(13, 20))),
+)
+
+
+def _pan_lengths(first_digits: str) -> frozenset[int]:
+    """The PAN lengths a number starting with these four digits may have (none: no brand)."""
+    lead = int(first_digits[:4].ljust(4, "0"))
+    lengths: frozenset[int] = frozenset()
+    for low, high, allowed in _BRAND_RANGES:
+        if low <= lead <= high:
+            lengths |= allowed
+    return lengths
+
+
+def _card_end(
+    groups: _Groups, sums: tuple[list[int], ...], span: tuple[int, int], lengths: frozenset[int]
+) -> int:
     """Index past the last group of the longest valid PAN in groups[first:limit], or -1."""
-    cuts, base = groups.cuts, groups.cuts[first]
+    (first, limit), cuts = span, groups.cuts
+    base = cuts[first]
     shortest = max(bisect.bisect_left(cuts, base + _PAN_MIN), first + 1)
     longest = min(bisect.bisect_right(cuts, base + _PAN_MAX) - 1, limit)
     for end in range(longest, shortest - 1, -1):
         # Check digit is digits[hi-1], so the doubled indices j have j % 2 == hi % 2.
         hi = cuts[end]
+        if hi - base not in lengths:
+            continue
         table = sums[hi % 2]
         if (table[hi] - table[base]) % 10 == 0:
             return end
@@ -242,7 +303,36 @@ def _glued(probe: str, run: re.Match[str]) -> tuple[bool, bool]:
     return before in _GLUE_BEFORE, after in _GLUE_AFTER
 
 
+# How cards are printed: 4-4-4-4 (most brands), 4-6-5 (Amex), 4-6-4 (Diners).
+_CARD_GROUPINGS = frozenset({(4, 4, 4, 4), (4, 6, 5), (4, 6, 4), (4, 4, 4, 4, 3)})
+
+
+def _card_shaped_end(run: re.Match[str], groups: _Groups) -> int:
+    """Probe offset where the run's leading card-printed groups end, or -1.
+
+    "Printed like a card" means a card grouping of a known brand's prefix and length,
+    whatever the check digit; the run may go on ("3730-172429-03395 1973/03/12").
+    """
+    sizes = [hi - lo for lo, hi in zip(groups.starts, groups.ends, strict=True)]
+    lengths = _pan_lengths(run.group()[:9].replace(" ", "").replace("-", "")[:4])
+    for count in (3, 4, 5):
+        if tuple(sizes[:count]) in _CARD_GROUPINGS and sum(sizes[:count]) in lengths:
+            return groups.ends[count - 1]
+    return -1
+
+
 def _cards_in_run(probe: str, run: re.Match[str]) -> Iterator[_Span]:
+    found = False
+    for span in _luhn_cards_in_run(probe, run):
+        found = True
+        yield span
+    end = -1 if found else _card_shaped_end(run, _groups_of(run))
+    if end > 0:
+        # A typo or a look-alike: left unmasked, but its groups are not a phone either.
+        yield _Span(run.start(), end, EntityType.CARD_NUMBER, "", reserved=True)
+
+
+def _luhn_cards_in_run(probe: str, run: re.Match[str]) -> Iterator[_Span]:
     groups = _groups_of(run)
     digits = "".join(_DIGIT_GROUP.findall(run.group()))
     sums = _luhn_prefix_sums(digits)
@@ -250,9 +340,8 @@ def _cards_in_run(probe: str, run: re.Match[str]) -> Iterator[_Span]:
     first = 1 if glued_left else 0
     limit = len(groups.starts) - (1 if glued_right else 0)
     while first < limit:
-        # No PAN starts with 0 (ISO/IEC 7812 major industry identifier).
-        leading_zero = digits[groups.cuts[first]] == "0"
-        end = -1 if leading_zero else _card_end(groups, sums, first, limit)
+        lengths = _pan_lengths(digits[groups.cuts[first] : groups.cuts[first] + 4])
+        end = _card_end(groups, sums, (first, limit), lengths) if lengths else -1
         if end < 0:
             first += 1
             continue
@@ -272,7 +361,8 @@ def _find_cards(probe: str) -> Iterator[_Span]:
 # Phones
 
 _CN_MOBILE = re.compile(
-    r"(?<![0-9A-Za-z+])(?:(?:\+|00)86[ -]?)?(1[3-9][0-9])[ -]?([0-9]{4})[ -]?([0-9]{4})"
+    r"(?<![0-9A-Za-z+])(?:(?:\((?:\+|00)86\)|(?:\+|00)86)[ -]?)?"
+    r"(1[3-9][0-9])[ -]?([0-9]{4})[ -]?([0-9]{4})"
     r"(?![0-9A-Za-z])"
 )
 
@@ -282,136 +372,46 @@ def _find_cn_mobiles(probe: str) -> Iterator[_Span]:
         yield _Span(m.start(), m.end(), EntityType.PHONE, "+86" + "".join(m.groups()))
 
 
-PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "CN")
-
-# Characters PhoneNumberMatcher accepts inside a number (its lead class and
-# VALID_PUNCTUATION minus the letter "x", after probe folding). Pre-cutting
-# the text into such segments keeps the matcher off prose entirely.
-_PHONE_SEGMENT = re.compile(
-    "[0-9+()\\[\\]./~ \u00a0\u00ad\u200b\u2060\u2010-\u2015\u2212\u2053\u223c\u30fc-]+"
-)
-_PHONE_MIN_DIGITS = 6
-_PHONE_MAX_BLOCK = 17  # longer digit blocks cannot be (part of) a number
-
-
-def _phone_pieces(segment: str) -> Iterator[tuple[int, int]]:
-    """Split a segment where no number can straddle, yielding (start, end).
-
-    The matcher parses every digit block of a candidate, so "1 1 1 ..." or
-    a long digit run would make a 200 KB input take seconds. Written phone
-    numbers do not have two one-digit blocks in a row, and no block longer
-    than a whole number can belong to one, so cutting there costs no recall.
-    """
-    piece_start, prev_len = 0, 0
-    for block in _DIGIT_GROUP.finditer(segment):
-        size = len(block.group())
-        if size > _PHONE_MAX_BLOCK or (size == 1 and prev_len == 1):
-            yield piece_start, block.start()
-            piece_start = block.end() if size > _PHONE_MAX_BLOCK else block.start()
-        prev_len = size
-    yield piece_start, len(segment)
-
-
-def _phone_windows(probe: str) -> Iterator[tuple[int, int]]:
-    for seg in _PHONE_SEGMENT.finditer(probe):
-        if len(seg.group()) < _PHONE_MIN_DIGITS:
-            continue
-        for lo, hi in _phone_pieces(seg.group()):
-            piece = seg.group()[lo:hi]
-            if sum(ch.isdigit() for ch in piece) >= _PHONE_MIN_DIGITS:
-                yield seg.start() + lo, seg.start() + hi
-
-
-def _context(probe: str, lo: int, hi: int) -> tuple[int, int]:
-    """Widen a piece by one non-digit character each side.
-
-    The matcher then applies its own "not glued to a Latin letter" rule,
-    while a digit on a cut edge stays out so it cannot join a candidate.
-    """
-    if lo > 0 and not probe[lo - 1].isdigit():
-        lo -= 1
-    if hi < len(probe) and not probe[hi].isdigit():
-        hi += 1
-    return lo, hi
-
-
-def _matches_in(probe: str, lo: int, hi: int, region: str) -> Iterator[_Span]:
-    ctx_lo, ctx_hi = _context(probe, lo, hi)
-    matcher = phonenumbers.PhoneNumberMatcher(
-        probe[ctx_lo:ctx_hi], region, leniency=phonenumbers.Leniency.VALID
-    )
-    for m in matcher:
-        start, end = ctx_lo + m.start, ctx_lo + m.end
-        if lo <= start and end <= hi:
-            e164 = phonenumbers.format_number(m.number, phonenumbers.PhoneNumberFormat.E164)
-            yield _Span(start, end, EntityType.PHONE, e164)
-
-
 def _find_phones(probe: str) -> Iterator[_Span]:
-    for lo, hi in _phone_windows(probe):
-        for region in PHONE_REGIONS:
-            yield from _matches_in(probe, lo, hi, region)
+    for start, end, e164 in find_phones(probe):
+        yield _Span(start, end, EntityType.PHONE, e164)
 
 
 # --------------------------------------------------------------------------
-# Dates
-
-_YMD = re.compile(
-    r"(?<![0-9])(?P<y>[0-9]{4})(?P<sep>[-/.])(?P<m>[0-9]{1,2})(?P=sep)(?P<d>[0-9]{1,2})(?![0-9])"
-)
-_DMY = re.compile(
-    r"(?<![0-9])(?P<a>[0-9]{1,2})(?P<sep>[-/.])(?P<b>[0-9]{1,2})(?P=sep)(?P<y>[0-9]{4})(?![0-9])"
-)
-_CJK_DATE = re.compile(
-    r"(?<![0-9])(?P<y>[0-9]{4}) ?年 ?(?P<m>[0-9]{1,2}) ?月 ?(?P<d>[0-9]{1,2}) ?[日号](?![0-9])"
-)
-
-
-def _iso_date(year: str, month: str, day: str) -> str | None:
-    if 1 <= int(month) <= 12 and 1 <= int(day) <= 31:
-        return f"{year}-{int(month):02d}-{int(day):02d}"
-    return None
-
-
-def _year_first(m: re.Match[str]) -> str | None:
-    return _iso_date(m["y"], m["m"], m["d"])
-
-
-def _day_or_month_first(m: re.Match[str]) -> str | None:
-    # Day-first unless only month-first validates ("03/15/2024"), so an
-    # ambiguous "03/04/2024" correlates with "2024-04-03".
-    return _iso_date(m["y"], m["b"], m["a"]) or _iso_date(m["y"], m["a"], m["b"])
-
-
-_DATE_FORMS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], ...] = (
-    (_CJK_DATE, _year_first),
-    (_YMD, _year_first),
-    (_DMY, _day_or_month_first),
-)
+# Dates (patterns in jobs.pii_dates)
 
 
 def _find_dates(probe: str) -> Iterator[_Span]:
-    for pattern, to_iso in _DATE_FORMS:
-        for m in pattern.finditer(probe):
-            iso = to_iso(m)
-            if iso is not None:
-                yield _Span(m.start(), m.end(), EntityType.DATE, iso)
+    for start, end, iso in find_dates(probe):
+        yield _Span(start, end, EntityType.DATE, iso)
+
+
+# --------------------------------------------------------------------------
+# Secrets (patterns in jobs.pii_secrets)
+
+
+def _find_secrets(probe: str) -> Iterator[_Span]:
+    for start, end in find_secrets(probe):
+        yield _Span(start, end, EntityType.SECRET, probe[start:end])
 
 
 # --------------------------------------------------------------------------
 # Orchestration
 
-# Earlier detectors win overlaps: e-mail first so digits inside an address
+# Earlier detectors win overlaps: secrets first so the digits in a key are not
+# cards or phones; then e-mail so digits inside an address
 # are not split into phone/ID tokens; structured IDs before the lenient
-# phone matcher; dates last because every other type contains date-like runs.
+# phone matcher; dates after the structured IDs, which contain date-like runs, but
+# before the phone matcher, which reads "16.09.2021" as a valid number.
 _DETECTORS: tuple[Detector, ...] = (
+    _find_secrets,
     _find_emails,
     _find_prc_ids,
     _find_ibans,
     _find_cards,
     _find_cn_mobiles,
-    _find_phones,
     _find_dates,
+    _find_phones,
 )
 
 
@@ -436,7 +436,21 @@ def _collect(probe: str) -> list[_Span]:
             if 1 not in taken[span.start : span.end]:
                 taken[span.start : span.end] = b"\x01" * (span.end - span.start)
                 accepted.append(span)
-    return sorted(accepted, key=lambda s: s.start)
+    return sorted((s for s in accepted if not s.reserved), key=lambda s: s.start)
+
+
+@dataclass(frozen=True)
+class PiiSpan:
+    """A detected value: text[start:end] in the caller's (unfolded) text."""
+
+    start: int
+    end: int
+    entity: EntityType
+
+
+def detect(text: str) -> list[PiiSpan]:
+    """The spans mask() replaces, in order and without overlaps; no key needed."""
+    return [PiiSpan(s.start, s.end, s.entity) for s in _collect(_probe(text))]
 
 
 class PiiMasker:

@@ -12,6 +12,7 @@ from seekq import logs
 from seekq.client_commands import audit_command, generate_command, jobs_app, submit_command
 from seekq.finetune_commands import adapters_app, finetune_command
 from seekq.index_commands import INGEST_HELP, ingest_command, search_command
+from seekq.pii_eval_command import pii_eval_command
 
 app = typer.Typer(help="seekq: queue-native jobs for LLM workloads.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -28,6 +29,7 @@ app.command("ingest", help=INGEST_HELP)(ingest_command)
 app.command("search")(search_command)
 app.command("finetune")(finetune_command)
 app.add_typer(adapters_app, name="adapters")
+app.command("pii-eval")(pii_eval_command)
 console = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
