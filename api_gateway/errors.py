@@ -4,12 +4,14 @@ Every error body has the OpenAI shape {"error": {"message", "type", "param", "co
 the official `openai` package raises its usual exceptions. Messages never echo input.
 """
 
+import logging
 import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_gateway.rate_limit import RateLimitExceededError
@@ -42,6 +44,8 @@ from jobs.errors import (
     WebhookUrlError,
 )
 from jobs.service import IdempotencyConflictError
+
+log = logging.getLogger(__name__)
 
 # Most specific first: the first matching class decides.
 STATUS_BY_ERROR: tuple[tuple[type[SeekqError], int, str], ...] = (
@@ -121,7 +125,19 @@ async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The SQL store is down, restarting or unreachable: a retryable 503, not a 500 (the
+    driver's message names hosts and ports, so it goes to the log, not the client)."""
+    log.warning("database unavailable: %s", type(exc).__name__)
+    message = "the database is unavailable; retry shortly"
+    return JSONResponse(
+        error_body(message, "database_unavailable"), status_code=503, headers={"Retry-After": "5"}
+    )
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(OperationalError, on_database_unavailable)
+    app.add_exception_handler(InterfaceError, on_database_unavailable)
     app.add_exception_handler(SeekqError, on_seekq_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

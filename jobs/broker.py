@@ -7,7 +7,10 @@ rebuilt only when kombu replaces the channel's connection pool. The connection p
 the client object, holds the connections; redis-py clients are safe to share.
 """
 
+import json
+import logging
 import ssl
+from queue import Empty
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -15,13 +18,30 @@ from kombu.transport import redis as kombu_redis
 
 from jobs.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 TRANSPORT = "jobs.broker:Transport"
 CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 class Channel(kombu_redis.Channel):
+    """Also drops poison: a queue item that is not JSON would otherwise escape kombu's
+    read loop and stop the worker ("Unrecoverable error"), for every worker it reaches."""
+
     _sync_client: Any = None
+
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _dropped("a consumed queue") from None
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        try:
+            return super()._get(queue)  # type: ignore[no-untyped-call]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _dropped(queue) from None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -34,6 +54,27 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        if not _is_envelope(message):  # JSON, but not a kombu message: it would crash too
+            log.error("poison message dropped from %s: not a kombu message", queue)
+            return
+        super()._deliver(message, queue)  # type: ignore[no-untyped-call]
+
+
+def _is_envelope(message: Any) -> bool:
+    properties = message.get("properties") if isinstance(message, dict) else None
+    return (
+        isinstance(properties, dict)
+        and isinstance(properties.get("delivery_info"), dict)
+        and "delivery_tag" in properties
+        and "body" in message
+    )
+
+
+def _dropped(where: str) -> Empty:
+    log.error("poison message dropped from %s: not JSON", where)
+    return Empty()
 
 
 def broker_tls(broker_url: str) -> dict[str, Any] | None:

@@ -139,6 +139,7 @@ class JobsContext:
             name,
             self.outbox,
             self.end_observer,
+            self.settings.max_attempts,
         )
 
     def deliverer(self) -> Deliverer:

@@ -93,11 +93,13 @@ class Lifecycle:
         worker: str,
         outbox: WebhookOutbox | None = None,
         observer: EndObserver | None = None,
+        max_attempts: int = 3,
     ) -> None:
         self.sessions = sessions
         self.events = events
         self.lease_s = lease_s
         self.worker = worker
+        self.max_attempts = max_attempts
         self.outbox = outbox  # a terminal write records its webhook events with it
         self.observer = observer
 
@@ -114,6 +116,7 @@ class Lifecycle:
                 now=now,
                 lease_until=now + timedelta(seconds=self.lease_s),
                 worker=self.worker,
+                max_attempts=self.max_attempts,
             )
             row = None if claimed else repo.find(job_id)
         if claimed is not None:
@@ -139,6 +142,7 @@ class Lifecycle:
                 now=now,
                 lease_until=now + timedelta(seconds=self.lease_s),
                 worker=self.worker,
+                max_attempts=self.max_attempts,
             )
         return {r.id: Claim.of(r, now) for r in rows}
 
@@ -150,6 +154,10 @@ class Lifecycle:
         lease = row.lease_expires_at
         if status is JobStatus.CANCELLING and (lease is None or lease < now):
             self._end(Claim.of(row), JobStatus.CANCELLED, {})
+            return
+        if lease is not None and lease < now and row.attempt >= self.max_attempts:
+            # Its last attempt's worker died: the reconciler's sweep ends it worker_lost.
+            log.warning("last attempt lost; message dropped job_id=%s", row.id)
             return
         retry_in_s = (lease - now).total_seconds() if lease else self.lease_s
         raise LeaseHeldError(max(0.5, retry_in_s))

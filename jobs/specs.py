@@ -20,6 +20,7 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(:[A-Za-z0-9][A-Za-z0-9
 MAX_EMBED_INPUTS = 2048
 MAX_TEXT_CHARS = 32_768
 MAX_PING_CHARS = 1024
+MAX_PING_HOLD_S = 600.0
 
 ModelName = Annotated[str, Field(min_length=1, max_length=257, pattern=MODEL_NAME_PATTERN)]
 EmbedText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
@@ -140,6 +141,9 @@ class PingSpec(StrictModel):
     """A model-free canary: exercises submit → SQL → Redis → worker → SQL."""
 
     payload: str = Field(default="", max_length=MAX_PING_CHARS)
+    # Hold the worker this long before answering (checking cancel and lease as it waits):
+    # for drills of what long jobs meet (kill -9, leases, time limits, cancels).
+    hold_s: float = Field(default=0.0, ge=0, le=MAX_PING_HOLD_S, allow_inf_nan=False)
 
 
 class PingResult(StrictModel):

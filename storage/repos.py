@@ -274,13 +274,15 @@ class JobRepo:
         now: datetime,
         lease_until: datetime,
         worker: str,
+        max_attempts: int,
     ) -> Row[Any] | None:
         """Move the job to `to_status` with attempt + 1 and a lease, when it is in one of
-        `statuses` or in `expired_lease_statuses` with an expired lease. One round trip:
+        `statuses` or in `expired_lease_statuses` with an expired lease and fewer than
+        `max_attempts` attempts made. One round trip:
         returns the claimed row's CLAIMED columns, or None."""
         query = _claim_statement(tuple(statuses), tuple(expired_lease_statuses))
         params = {"job_id": job_id, "now": now, "to_status": to_status}
-        params.update(lease_until=lease_until, worker=worker)
+        params.update(lease_until=lease_until, worker=worker, max_attempts=max_attempts)
         return self.session.execute(query, params).first()
 
     def claim_many(
@@ -293,12 +295,13 @@ class JobRepo:
         now: datetime,
         lease_until: datetime,
         worker: str,
+        max_attempts: int,
     ) -> Sequence[Row[Any]]:
         """`claim` for many jobs in one statement: the claimed rows (CLAIMED columns), in
         no particular order; jobs it could not claim are absent."""
         query = _claim_many_statement(tuple(statuses), tuple(expired_lease_statuses))
         params = {"job_ids": list(job_ids), "now": now, "to_status": to_status}
-        params.update(lease_until=lease_until, worker=worker)
+        params.update(lease_until=lease_until, worker=worker, max_attempts=max_attempts)
         return self.session.execute(query, params).all()
 
     def update_many_where(
@@ -373,7 +376,7 @@ CLAIMED = (
 @lru_cache(maxsize=16)
 def _claim_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any:
     now: BindParameter[datetime] = bindparam("now")
-    lease_expired = and_(JOBS.c.status.in_(expired), JOBS.c.lease_expires_at < now)
+    lease_expired = _taken_over(expired, now)
     return (
         update(JOBS)
         .where(JOBS.c.id == bindparam("job_id"), or_(JOBS.c.status.in_(statuses), lease_expired))
@@ -385,13 +388,23 @@ def _claim_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any
 @lru_cache(maxsize=16)
 def _claim_many_statement(statuses: tuple[str, ...], expired: tuple[str, ...]) -> Any:
     now: BindParameter[datetime] = bindparam("now")
-    lease_expired = and_(JOBS.c.status.in_(expired), JOBS.c.lease_expires_at < now)
+    lease_expired = _taken_over(expired, now)
     wanted = JOBS.c.id.in_(bindparam("job_ids", expanding=True))
     return (
         update(JOBS)
         .where(wanted, or_(JOBS.c.status.in_(statuses), lease_expired))
         .values(_claimed_values(now))
         .returning(*CLAIMED)
+    )
+
+
+def _taken_over(expired: tuple[str, ...], now: BindParameter[datetime]) -> Any:
+    """A job whose lease ran out, with attempts left (at its last, the reconciler ends
+    it worker_lost: a job that kills every worker must not loop)."""
+    return and_(
+        JOBS.c.status.in_(expired),
+        JOBS.c.lease_expires_at < now,
+        JOBS.c.attempt < bindparam("max_attempts"),
     )
 
 

@@ -6,6 +6,7 @@ process, after any fork) and passed to every task; nothing heavy happens at impo
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -176,6 +177,9 @@ def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
     work = _batched(state) if entry.kind is JobKind.EMBED else _alone(entry, state)
 
     def run(task: Task, job_id: str) -> str | None:
+        if not _is_job_id(job_id):  # a hand-made or corrupt message: nothing to look up
+            log.error("malformed message dropped task=%s: its argument is not a job id", task.name)
+            return None
         try:
             outcome = work(task, job_id)
         except LeaseHeldError as exc:
@@ -193,6 +197,13 @@ def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
         time_limit=entry.time_limit_s,
         soft_time_limit=entry.soft_time_limit_s,
     )
+
+
+def _is_job_id(value: object) -> bool:
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def _register_webhooks(app: Celery, state: WorkerState) -> None:

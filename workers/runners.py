@@ -1,6 +1,7 @@
 """Runners: plain functions from a (masked) spec and the model pool to a result."""
 
 import base64
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -113,6 +114,11 @@ def generate_result(model: str, generation: Generation) -> GenerateResult:
 
 def run_ping(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
     assert isinstance(spec, PingSpec)
+    deadline = time.monotonic() + spec.hold_s
+    while time.monotonic() < deadline:
+        if job.should_stop():
+            raise JobCancelledError("ping stopped: cancel requested or lease lost")
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
     return PingResult(payload=spec.payload)
 
 
