@@ -397,7 +397,7 @@ def mask_document(document: Document, masker: PiiMasker) -> tuple[Document, dict
     halves. Chunking the masked text also makes token counts final.
 
     The text is masked piece by piece between page and heading starts, which are all line
-    starts; that equals masking it whole because no pii-v1 detector matches across a line
+    starts; that equals masking it whole because no pii-v2 detector matches across a line
     break (a test pins this).
     """
     counts: dict[str, int] = {}

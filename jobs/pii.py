@@ -1,4 +1,4 @@
-"""PII masking (policy ``pii-v1``).
+"""PII masking (policy ``pii-v2``).
 
 Detected values are replaced by ``[TYPE:<fp>]`` tokens where ``<fp>`` is a
 keyed HMAC-SHA256 fingerprint of the normalised value: equal values correlate
@@ -26,7 +26,7 @@ from jobs.pii_dates import find_dates
 from jobs.pii_phones import find_phones
 from jobs.pii_secrets import find_secrets
 
-POLICY_VERSION: str = "pii-v1"
+POLICY_VERSION: str = "pii-v2"
 # What a masked value looks like in text: [TYPE:<fp>] or [TYPE:<shown>:<fp>].
 MASK_TOKEN = re.compile(r"\[[A-Z_]+:(?:[^\]:\s]*:)?[0-9a-f]{8}\]")
 

@@ -1,4 +1,4 @@
-"""Unit tests for jobs.pii (policy pii-v1)."""
+"""Unit tests for jobs.pii (policy pii-v2)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def masker() -> PiiMasker:
 
 
 def test_policy_version() -> None:
-    assert POLICY_VERSION == "pii-v1"
+    assert POLICY_VERSION == "pii-v2"
 
 
 def test_entity_values_are_their_names() -> None:
@@ -56,6 +56,7 @@ def test_entity_values_are_their_names() -> None:
         "PRC_ID",
         "IBAN",
         "DATE",
+        "SECRET",
     ]
     assert EntityType.EMAIL == "EMAIL"
 
