@@ -3,6 +3,7 @@
 Routes, Celery tasks, routing, validation and masking are all derived from this table.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -73,6 +74,11 @@ class KindEntry:
     @property
     def soft_time_limit_s(self) -> float:
         return self.time_limit_s * 0.9
+
+    def limited(self, limits_s: Mapping[str, float]) -> "KindEntry":
+        """This entry with the operator's time limit for its kind (SEEKQ_TIME_LIMITS_S)."""
+        limit_s = limits_s.get(self.kind.value)
+        return self if limit_s is None else dataclasses.replace(self, time_limit_s=limit_s)
 
 
 # Kinds with no entry yet are known (so the API can say so) but cannot be submitted.

@@ -22,6 +22,7 @@
     │   │                          a fine-tuned adapter's files cannot be served)
     │   ├── AuthError             missing, malformed, unknown or revoked API key
     │   ├── JobFailedError        the job a synchronous call waited for failed
+    │   ├── TimeLimitExceededError  a job ran past its kind's time limit
     │   ├── ArtifactCorruptError  a stored artifact (index version, adapter file) does not
     │   │                         match the sha256 recorded when seekq wrote it
     │   └── ConfigError           settings that cannot work (placeholder secret, bad URL)
@@ -143,6 +144,11 @@ class BrokerUnavailableError(RetryableError):
 class StreamRestartedError(RetryableError):
     """A streamed job was taken over by another worker and its text starts over; what a
     reader already sent cannot be taken back, so the stream ends with this error."""
+
+
+class TimeLimitExceededError(PermanentError):
+    """A job ran past its kind's time limit (recorded as the job's error; never raised
+    by a runner)."""
 
 
 class JobCancelledError(SeekqError):

@@ -39,6 +39,10 @@ class JobsSettings(BaseSettings):
     # The same sweep publishes queued jobs that have had no message for this long (Redis
     # was down at submit, or the submitting process died between commit and publish).
     dispatch_grace_s: float = Field(default=10.0, ge=0, le=3600)
+    # Per-kind time limits overriding the catalog's, in seconds: {"generate": 600}. At 90%
+    # the job is asked to stop and fails `TimeLimitExceededError`; at 100% a runner that
+    # did not stop is failed anyway and its worker process exits (workers.execution).
+    time_limits_s: dict[str, float] = {}
     # The models file (JSON); unset: <data dir>/models.json.
     models_file: Path | None = None
     # The largest max_new_tokens a generate job may ask for on this server.
@@ -89,6 +93,18 @@ class JobsSettings(BaseSettings):
     def _delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if len(value) > 20 or any(not 0 <= d <= 7 * 86400 for d in value):
             raise ValueError("at most 20 delays, each from 0 to 604800 seconds")
+        return value
+
+    @field_validator("time_limits_s")
+    @classmethod
+    def _time_limits(cls, value: dict[str, float]) -> dict[str, float]:
+        from jobs.catalog import JobKind  # the catalog imports these settings' neighbours
+
+        unknown = sorted(set(value) - {kind.value for kind in JobKind})
+        if unknown:
+            raise ValueError(f"unknown job kinds {unknown}; known: {[k.value for k in JobKind]}")
+        if any(not 1 <= limit_s <= 7 * 86400 for limit_s in value.values()):
+            raise ValueError("each time limit is from 1 to 604800 seconds")
         return value
 
     def resolved_models_file(self, storage: StorageSettings) -> Path:

@@ -144,6 +144,9 @@ class PingSpec(StrictModel):
     # Hold the worker this long before answering (checking cancel and lease as it waits):
     # for drills of what long jobs meet (kill -9, leases, time limits, cancels).
     hold_s: float = Field(default=0.0, ge=0, le=MAX_PING_HOLD_S, allow_inf_nan=False)
+    # Keep holding when asked to stop: a drill of a runner stuck in native code, which only
+    # the hard time limit ends (the ping kind's limit is 30 s unless SEEKQ_TIME_LIMITS_S).
+    ignore_stop: bool = False
 
 
 class PingResult(StrictModel):

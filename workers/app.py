@@ -157,10 +157,11 @@ class WorkerState:
 
 
 def create_worker_app() -> Celery:
-    app = make_celery(get_jobs_settings())
+    settings = get_jobs_settings()
+    app = make_celery(settings)
     state = WorkerState()
     for entry in CATALOG.values():
-        _register(app, entry, state)
+        _register(app, entry.limited(settings.time_limits_s), state)
     _register_webhooks(app, state)
     worker_process_init.connect(state.start, weak=False)
     worker_init.connect(state.start_threads_pool, weak=False)
@@ -194,8 +195,9 @@ def _register(app: Celery, entry: KindEntry, state: WorkerState) -> None:
         name=entry.task_name,
         bind=True,
         acks_late=True,
-        time_limit=entry.time_limit_s,
-        soft_time_limit=entry.soft_time_limit_s,
+        # seekq enforces the kind's limits itself, in every pool (workers.execution); the
+        # prefork pool's own hard limit stays as a backstop, after seekq's has acted.
+        time_limit=entry.time_limit_s + CELERY_LIMIT_GRACE_S,
     )
 
 
@@ -223,6 +225,9 @@ def _batched(state: WorkerState) -> Work:
         return state.embed_collector(task.request.hostname).run(job_id)
 
     return work
+
+
+CELERY_LIMIT_GRACE_S = 30.0
 
 
 def _alone(entry: KindEntry, state: WorkerState) -> Work:

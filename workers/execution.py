@@ -4,15 +4,23 @@ Plain functions and objects, so tests can drive them without Celery.
 """
 
 import logging
+import math
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from jobs.catalog import KindEntry
-from jobs.errors import ArtifactCorruptError, JobCancelledError, PermanentError, RetryableError
+from jobs.errors import (
+    ArtifactCorruptError,
+    JobCancelledError,
+    PermanentError,
+    RetryableError,
+    TimeLimitExceededError,
+)
 from jobs.lifecycle import Claim, Lifecycle
 from jobs.status import JobStatus
 from workers.cancel import CancelWatch
@@ -21,6 +29,8 @@ from workers.runners import Runner, RunningJob
 
 log = logging.getLogger(__name__)
 
+HARD_LIMIT_EXIT_CODE = 75  # EX_TEMPFAIL: the supervisor should start the worker again
+
 
 @dataclass
 class _Held:
@@ -28,6 +38,21 @@ class _Held:
     claim: Claim
     stop: threading.Event
     renew_at: float
+    limit_s: float = math.inf
+    started: float = 0.0
+    timed_out: str | None = None  # "soft" once asked to stop for its time limit, then "hard"
+
+    def over(self, share: float) -> bool:
+        return time.monotonic() - self.started >= self.limit_s * share
+
+
+def exit_process(claim: Claim) -> None:
+    """What the hard limit does after failing the job: only ending the process takes a
+    stuck thread back (Celery's prefork pool kills its child; solo/threads pools cannot).
+    The supervisor (compose, Kubernetes, the prefork parent) starts a clean one."""
+    log.critical("hard time limit: worker process exits job_id=%s", claim.job_id)
+    logging.shutdown()
+    os._exit(HARD_LIMIT_EXIT_CODE)
 
 
 class LeaseKeeper:
@@ -38,16 +63,26 @@ class LeaseKeeper:
     One thread for all jobs: a generate worker runs dozens at once, and starting a thread
     per job cost ~0.3 ms of each job's latency."""
 
-    def __init__(self, check_every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        check_every_s: float = 2.0,
+        on_hard_limit: Callable[[Claim], None] = exit_process,
+    ) -> None:
         self.check_every_s = check_every_s
+        self.on_hard_limit = on_hard_limit
         self._held: dict[tuple[str, int], _Held] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self, lifecycle: Lifecycle, claim: Claim) -> threading.Event:
-        """Start keeping `claim`'s lease; the returned event is set when the job must stop."""
-        held = _Held(lifecycle, claim, threading.Event(), time.monotonic() + lifecycle.lease_s / 3)
+    def hold(
+        self, lifecycle: Lifecycle, claim: Claim, limit_s: float = math.inf
+    ) -> threading.Event:
+        """Start keeping `claim`'s lease; the returned event is set when the job must stop
+        (cancel, lost lease, or 90% of `limit_s`: its soft time limit)."""
+        now = time.monotonic()
+        held = _Held(lifecycle, claim, threading.Event(), now + lifecycle.lease_s / 3)
+        held.limit_s, held.started = limit_s, now
         with self._lock:
             self._held[(claim.job_id, claim.attempt)] = held
             if self._thread is None:
@@ -59,6 +94,11 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop((claim.job_id, claim.attempt), None)
 
+    def timed_out(self, claim: Claim) -> bool:
+        with self._lock:
+            held = self._held.get((claim.job_id, claim.attempt))
+        return held is not None and held.timed_out is not None
+
     def close(self) -> None:
         self._closed.set()
         if self._thread is not None:
@@ -69,15 +109,32 @@ class LeaseKeeper:
             with self._lock:
                 held = list(self._held.values())
             for one in held:
+                self._enforce_limit(one)
                 if not self._still_ours(one):
                     one.stop.set()
                     self.drop(one.claim)
 
     def _period(self) -> float:
-        """Seconds to the next round: short leases (tests) are renewed in time too."""
+        """Seconds to the next round: short leases (tests) are renewed in time, and short
+        time limits enforced within a tenth of them."""
         with self._lock:
             thirds = [h.lifecycle.lease_s / 3 for h in self._held.values()]
-        return min([self.check_every_s, *thirds])
+            tenths = [h.limit_s / 10 for h in self._held.values()]
+        return max(0.05, min([self.check_every_s, *thirds, *tenths]))
+
+    def _enforce_limit(self, held: _Held) -> None:
+        """Soft limit (90%): ask the runner to stop; execute() records the failure. Hard
+        limit (100%): a runner that did not stop is failed here, and the process ends."""
+        if held.timed_out is None and held.over(0.9):
+            held.timed_out = "soft"
+            log.warning("soft time limit job_id=%s limit_s=%g", held.claim.job_id, held.limit_s)
+            held.stop.set()
+        elif held.timed_out == "soft" and held.over(1.0):
+            held.timed_out = "hard"
+            message = f"hard time limit of {held.limit_s:g} s: the job did not stop when asked"
+            held.lifecycle.fail(held.claim, TimeLimitExceededError.__name__, message)
+            self.drop(held.claim)
+            self.on_hard_limit(held.claim)
 
     def _still_ours(self, held: _Held) -> bool:
         try:
@@ -92,10 +149,14 @@ class LeaseKeeper:
 
 @contextmanager
 def _kept(
-    leases: LeaseKeeper, cancels: CancelWatch | None, lifecycle: Lifecycle, claim: Claim
+    leases: LeaseKeeper,
+    cancels: CancelWatch | None,
+    lifecycle: Lifecycle,
+    claim: Claim,
+    limit_s: float,
 ) -> Iterator[threading.Event]:
     """The job's stop event while it runs: set by a lost lease or a cancel notice."""
-    stop = leases.hold(lifecycle, claim)
+    stop = leases.hold(lifecycle, claim, limit_s)
     if cancels is not None:
         cancels.watch(claim.job_id, stop)
     try:
@@ -130,7 +191,7 @@ def execute(
     spec = entry.spec_model.from_stored(claim.spec)
     log.info("job started job_id=%s kind=%s attempt=%d", job_id, entry.kind, claim.attempt)
     started = time.perf_counter()
-    with _kept(leases, cancels, lifecycle, claim) as stop:
+    with _kept(leases, cancels, lifecycle, claim, entry.time_limit_s) as stop:
         try:
             result = runner(
                 spec,
@@ -138,6 +199,9 @@ def execute(
                 RunningJob(job_id, claim.attempt, stop.is_set, claim.tenant_id, claim.priority),
             )
         except JobCancelledError as exc:
+            if leases.timed_out(claim):
+                limit = TimeLimitExceededError(f"soft time limit of {entry.soft_time_limit_s:g} s")
+                return Outcome(job_id, record_failure(lifecycle, claim, limit))
             return Outcome(job_id, record_cancel(lifecycle, claim, exc.partial))
         except PermanentError as exc:
             return Outcome(job_id, record_failure(lifecycle, claim, exc))

@@ -116,8 +116,8 @@ def run_ping(spec: BaseModel, pool: ModelPool, job: RunningJob) -> BaseModel:
     assert isinstance(spec, PingSpec)
     deadline = time.monotonic() + spec.hold_s
     while time.monotonic() < deadline:
-        if job.should_stop():
-            raise JobCancelledError("ping stopped: cancel requested or lease lost")
+        if job.should_stop() and not spec.ignore_stop:
+            raise JobCancelledError("ping stopped: asked to (cancel, lost lease, time limit)")
         time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
     return PingResult(payload=spec.payload)
 

@@ -373,3 +373,41 @@ def test_cancel_then_worker_restart(fault_stack: FaultStack) -> None:
                client, checker, history, {"cancelled": 1, "succeeded": 1})  # fmt: skip
     finally:
         fault_stack.stop_workers()
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_soft_and_hard_time_limits(fault_stack: FaultStack, pool: str) -> None:
+    """Celery's own limits do not work on solo/threads pools (GPU workers): seekq's do.
+    Soft (90%): the job is asked to stop and fails. Hard (100%): a job that did not stop
+    is failed anyway and the worker process exits for its supervisor to restart."""
+    client, checker, history = fault_stack.tenant(f"limits-{pool}")
+    limits = {"SEEKQ_TIME_LIMITS_S": '{"ping": 3}'}
+    first = fault_stack.start_worker(f"limits-{pool}", "--pool", pool, **limits)
+    try:
+        soft = submit(client, history, "soft", hold_s=20)
+        assert soft is not None
+        checker.wait_terminal([soft["id"]], 30)
+        body = {"kind": "ping", "spec": {"payload": "hard", "hold_s": 20, "ignore_stop": True}}
+        hard = client.post("/v1/jobs", json=body).json()
+        history.accept(hard, "hard")
+        assert first.process is not None and first.process.wait(timeout=30) == 75
+        fault_stack.start_worker(f"limits-{pool}-2", "--pool", pool, **limits)
+        errors = {job_id: error_of(fault_stack, job_id) for job_id in (soft["id"], hard["id"])}
+        assert errors[soft["id"]] == ("TimeLimitExceededError", "soft time limit of 2.7 s")
+        assert errors[hard["id"]][0] == "TimeLimitExceededError"
+        assert errors[hard["id"]][1].startswith("hard time limit of 3 s")
+        settle(fault_stack, f"soft and hard time limits on the {pool} pool", client, checker,
+               history, {"failed": 2, "succeeded": 1})  # fmt: skip
+    finally:
+        fault_stack.stop_workers()
+
+
+def error_of(stack: FaultStack, job_id: str) -> tuple[str, str]:
+    engine = create_engine(stack.database_url)
+    try:
+        with engine.connect() as connection:
+            query = text("SELECT error_type, error_message FROM jobs WHERE id = :id")
+            error_type, message = connection.execute(query, {"id": job_id}).one()
+            return error_type, message
+    finally:
+        engine.dispose()
