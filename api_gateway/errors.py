@@ -44,6 +44,7 @@ from jobs.errors import (
     WebhookUrlError,
 )
 from jobs.service import IdempotencyConflictError
+from jobs.specs import describe_errors
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,24 @@ async def on_seekq_error(_: Request, exc: Exception) -> JSONResponse:
 async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return JSONResponse(error_body("request body is not valid JSON", "invalid_json"), 400)
-    parts = []
-    for error in errors[:20]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return JSONResponse(error_body("; ".join(parts), "invalid_request"), status_code=422)
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            # The decoder's own words ("Expecting value", "duplicate key in an object"):
+            # fixed texts from json / jobs.strict_json, never a piece of the body.
+            problem = (error.get("ctx") or {}).get("error") or "malformed"
+            message = f"request body is not valid JSON: {problem}"
+            return JSONResponse(error_body(message, "invalid_json"), 400)
+    message = "; ".join(_describe(error) for error in errors[:20])
+    return JSONResponse(error_body(message, "invalid_request"), status_code=422)
+
+
+def _describe(error: Any) -> str:
+    """Query, path and header locations are names the route declares; a body location
+    may hold the client's own keys (an e-mail address as a key), shown as <key>."""
+    loc = error.get("loc", ())
+    if loc and loc[0] != "body":
+        return f"{'.'.join(str(p) for p in loc)}: {error.get('msg', 'invalid')}"
+    return describe_errors([error], whole="body", skip=("body",))
 
 
 async def on_http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -42,6 +42,8 @@ __all__ = [
     "EmbeddingData",
     "EmbeddingsRequest",
     "EmbeddingsResponse",
+    "ErrorDetail",
+    "ErrorResponse",
     "GenerationOptions",
     "Health",
     "JobCreate",
@@ -83,3 +85,16 @@ class ModelDeleted(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = {}
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="what is wrong, naming fields, never repeating input")
+    type: str = Field(description="invalid_request_error | authentication_error")
+    param: str | None = None
+    code: str | None = Field(description="e.g. invalid_request, invalid_json, not_found")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer (OpenAI's shape), 4xx and 5xx alike."""
+
+    error: ErrorDetail

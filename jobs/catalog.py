@@ -30,6 +30,7 @@ from jobs.specs import (
     StrictModel,
     describe_validation_error,
 )
+from jobs.strict_json import find_unstorable
 from jobs.webhooks import WEBHOOK_QUEUE
 from storage.tables import JobRow
 
@@ -144,7 +145,12 @@ def queues() -> list[str]:
 
 
 def parse_spec(entry: KindEntry, raw: Mapping[str, Any]) -> BaseModel:
-    """Validate a raw (JSON-decoded) spec; the error never echoes the submitted values."""
+    """Validate a raw (JSON-decoded) spec; the error never echoes the submitted values.
+    Text no store can keep (NUL, lone surrogates) is refused here too: an in-cluster
+    producer's spec never went through the gateway's strict JSON."""
+    problem = find_unstorable(raw)
+    if problem is not None:
+        raise SpecError(f"spec: {problem}")
     try:
         return entry.spec_model.model_validate(raw)
     except PydanticValidationError as exc:

@@ -9,6 +9,7 @@ import base64
 import re
 import sys
 from array import array
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -155,11 +156,21 @@ class PingResult(StrictModel):
 
 def describe_validation_error(exc: ValidationError) -> str:
     """A precise message naming each field and problem, without any input value."""
+    return describe_errors(exc.errors(include_input=False, include_url=False))
+
+
+def describe_errors(
+    errors: Sequence[Mapping[str, Any]], whole: str = "spec", skip: tuple[str, ...] = ()
+) -> str:
+    """pydantic's error list as one message: each location (keys that do not look like
+    field names shown as <key>; `skip` left out) and its problem, never an input value.
+    `whole` names the location of an error about the whole value."""
     parts = []
-    for error in exc.errors(include_input=False, include_url=False):
-        where = ".".join(_safe_loc(p) for p in error["loc"]) or "spec"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts[:20])
+    for error in errors[:20]:
+        loc = [p for p in error.get("loc", ()) if p not in skip]
+        where = ".".join(_safe_loc(p) for p in loc) or whole
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
 
 
 _PLAIN_KEY = re.compile(r"^(?!.*[0-9]{4})[A-Za-z_][A-Za-z0-9_]{0,40}$")

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Header, Query
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import ContextDep, PrincipalDep
+from api_gateway.routing import CheckedRoute
 from jobs.batches import BatchCreate, BatchPage, BatchView
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], route_class=CheckedRoute)
 
 
 @router.post("", response_model=BatchView)

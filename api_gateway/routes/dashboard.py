@@ -15,12 +15,13 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import ContextDep, SettingsDep
+from api_gateway.routing import CheckedRoute
 from jobs.catalog import CATALOG
 from jobs.errors import AuthError, SpecError
 from jobs.keys import Principal
 from jobs.status import JobStatus
 
-router = APIRouter(prefix="/dashboard", include_in_schema=False)
+router = APIRouter(prefix="/dashboard", include_in_schema=False, route_class=CheckedRoute)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 COOKIE = "seekq_session"
 SESSION_S = 8 * 3600

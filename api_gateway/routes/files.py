@@ -11,9 +11,11 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import FilesDep, PrincipalDep
+from api_gateway.routing import CheckedRoute
 from jobs.index_records import FileDeleted, FilePage, FileView
+from jobs.index_specs import FILE_ID_PATTERN
 
-router = APIRouter(prefix="/v1", tags=["files"])
+router = APIRouter(prefix="/v1", tags=["files"], route_class=CheckedRoute)
 
 
 @router.post("/files", response_model=FileView)
@@ -33,7 +35,7 @@ async def list_files(
     who: PrincipalDep,
     files: FilesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[str | None, Query(max_length=40)] = None,
+    after: Annotated[str | None, Query(max_length=40, pattern=FILE_ID_PATTERN)] = None,
 ) -> FilePage:
     return await run_in_threadpool(files.page, who, limit, after)
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Query
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import ContextDep, PrincipalDep
+from api_gateway.routing import CheckedRoute
 from jobs.finetune_records import (
     FineTuneCreate,
     FineTuningEventPage,
@@ -18,7 +19,7 @@ from jobs.finetune_records import (
     FineTuningJobView,
 )
 
-router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
+router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"], route_class=CheckedRoute)
 
 JobId = Annotated[str, "ftjob-<32 hex>"]
 

@@ -10,10 +10,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api_gateway.deps import ContextDep, SettingsDep
+from api_gateway.routing import CheckedRoute
 from api_gateway.schemas import Health
 from jobs.errors import AuthError
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=CheckedRoute)
 
 
 @router.get("/healthz", response_model=Health)

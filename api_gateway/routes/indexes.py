@@ -4,10 +4,12 @@ change them (202 with the job), and search (a `search` job the call waits for)."
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import IndexesDep, PrincipalDep, ServiceDep, SettingsDep
+from api_gateway.routing import CheckedRoute
+from api_gateway.schemas import Strict
 from api_gateway.streaming import StreamRedisDep
 from api_gateway.waiting import wait_for_job
 from jobs.errors import IndexNotFoundError, JobFailedError, JobTimeoutError
@@ -24,24 +26,19 @@ from jobs.index_specs import (
 from jobs.records import JobView
 from jobs.status import JobStatus
 
-router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
+router = APIRouter(prefix="/v1/indexes", tags=["indexes"], route_class=CheckedRoute)
 
 
-class DocumentsAdd(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+# Strict like every body: `true` is not a k, "5" is not a number.
+class DocumentsAdd(Strict):
     documents: list[DocumentInput] = Field(min_length=1, max_length=MAX_INDEX_DOCUMENTS)
 
 
-class DocumentsDelete(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DocumentsDelete(Strict):
     ids: list[DocId] = Field(min_length=1, max_length=MAX_INDEX_DOCUMENTS)
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SearchRequest(Strict):
     query: str = Field(min_length=1, max_length=4096)
     k: int = Field(default=5, ge=1, le=MAX_K)
     filter: SearchFilter = Field(default_factory=dict)

@@ -7,13 +7,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import PrincipalDep, ServiceDep, SettingsDep
+from api_gateway.routing import CheckedRoute
 from api_gateway.schemas import JobCreate
 from api_gateway.streaming import SSE_HEADERS, JobStream, StreamRedisDep, native_events
 from api_gateway.waiting import wait_for_job
 from jobs.errors import SpecError
 from jobs.records import AuditPage, JobPage, JobView
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], route_class=CheckedRoute)
 
 MAX_WAIT_S = 60.0
 

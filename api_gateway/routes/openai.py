@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import ContextDep, PrincipalDep, ServiceDep, SettingsDep
+from api_gateway.routing import CheckedRoute
 from api_gateway.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -36,7 +37,9 @@ from api_gateway.streaming import (
 from api_gateway.waiting import wait_for_job
 from jobs.adapters import AdapterView
 from jobs.catalog import JobKind
+from jobs.context import JobsContext
 from jobs.errors import SpecError
+from jobs.indexes import embedding_dimensions
 from jobs.keys import Principal
 from jobs.openai_formats import (
     chat_completion_response,
@@ -48,10 +51,10 @@ from jobs.openai_formats import (
     generate_result_of,
 )
 from jobs.records import JobView
-from jobs.registry import ModelEntry, split_model
+from jobs.registry import ModelEntry, ModelKind, resolve_source, split_model
 from jobs.service import JobService
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=CheckedRoute)
 
 # OpenAI-compatible calls are interactive: ahead of batch work of the default priority.
 INTERACTIVE_PRIORITY = 8
@@ -71,11 +74,14 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post("/embeddings", response_model=EmbeddingsResponse)
 async def create_embeddings(
     body: EmbeddingsRequest,
+    context: ContextDep,
     who: PrincipalDep,
     service: ServiceDep,
     settings: SettingsDep,
     redis: StreamRedisDep,
 ) -> EmbeddingsResponse:
+    if body.dimensions is not None:
+        await run_in_threadpool(_check_dimensions, context, body.model, body.dimensions)
     job = await _submit(service, who, JobKind.EMBED, embed_spec(body))
     job = await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s)
     result = embed_result_of(job)
@@ -119,6 +125,15 @@ async def create_chat_completion(
         await wait_for_job(redis, service, who, job.id, settings.wait_timeout_s)
     )
     return chat_completion_response(job, body.model, result)
+
+
+def _check_dimensions(context: JobsContext, model: str, dimensions: int) -> None:
+    """seekq does not shorten vectors: a size other than the model's is refused before
+    any job is queued (the answer would refuse it anyway, after the work)."""
+    entry = context.models.get(model, ModelKind.EMBEDDING)
+    made = embedding_dimensions(resolve_source(entry.source))
+    if dimensions != made:
+        raise SpecError(f"dimensions: model '{model}' only produces {made}")
 
 
 async def _submit(

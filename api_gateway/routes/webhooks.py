@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from api_gateway.deps import ContextDep, PrincipalDep
+from api_gateway.routing import CheckedRoute
 from jobs.webhook_endpoints import (
     DeletedEndpoint,
     DeliveryPage,
@@ -27,7 +28,7 @@ from jobs.webhook_endpoints import (
 )
 from jobs.webhooks import EVENT_TYPES
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=CheckedRoute)
 PREFIX = "/v1/webhook_endpoints"
 After = Annotated[str | None, Query(max_length=64)]
 Limit = Annotated[int, Query(ge=1, le=100)]

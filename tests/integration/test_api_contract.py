@@ -62,8 +62,8 @@ def test_bad_job_requests_are_refused_cleanly(
 
 RAW_BAD_BODIES = [
     ("malformed JSON", b'{"kind": "embed", "spec": {', 400),
-    ("NaN in spec", b'{"kind": "embed", "spec": {"input": ["a"], "normalize": NaN}}', 422),
-    ("Infinity as priority", b'{"kind":"embed","spec":{"input":["a"]},"priority":Infinity}', 422),
+    ("NaN in spec", b'{"kind": "embed", "spec": {"input": ["a"], "normalize": NaN}}', 400),
+    ("Infinity as priority", b'{"kind":"embed","spec":{"input":["a"]},"priority":Infinity}', 400),
     ("not an object", b'["MARKER"]', 422),
     ("empty body", b"", 422),
 ]
