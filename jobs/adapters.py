@@ -25,7 +25,7 @@ from jobs.errors import AdapterExistsError, ArtifactCorruptError, ModelNotFoundE
 from jobs.finetune_specs import FineTuneResult, FineTuneSpec
 from jobs.keys import Principal
 from jobs.lifecycle import Claim
-from jobs.registry import split_model
+from jobs.registry import shown_name, split_model
 from jobs.status import IN_FLIGHT
 from storage.artifacts import ArtifactDigestError, ArtifactStore, get_verified
 from storage.finetune_repos import AdapterRepo
@@ -162,7 +162,7 @@ class AdapterService:
     def get(self, tenant_id: str, model: str) -> AdapterRow:
         row = self.find(tenant_id, model)
         if row is None:
-            raise ModelNotFoundError(f"no fine-tuned model named '{model}'")
+            raise ModelNotFoundError(f"no fine-tuned model named {shown_name(model)}")
         return row
 
     def all(self, who: Principal) -> list[AdapterView]:
@@ -177,7 +177,7 @@ class AdapterService:
             base, name = split_model(model)
             row = repo.find(who.tenant_id, base, name) if name else None
             if row is None:  # a name still training is not a model yet: cancel its job
-                raise ModelNotFoundError(f"no fine-tuned model named '{model}'")
+                raise ModelNotFoundError(f"no fine-tuned model named {shown_name(model)}")
             prefix = row.artifact_prefix
             repo.remove(row)
         for key in self.artifacts.list(prefix + "/"):

@@ -43,7 +43,7 @@ class KeyStore:
 
     def create(self, tenant: str, name: str = "default") -> NewKey:
         """Create `tenant` if needed and a new key for it."""
-        if not TENANT_PATTERN.match(tenant):
+        if not TENANT_PATTERN.fullmatch(tenant):
             raise SpecError("tenant names are 1-64 characters of a-z, 0-9, '_' and '-'")
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         with self.sessions.begin() as session:
@@ -54,7 +54,7 @@ class KeyStore:
         return NewKey(tenant=tenant, key_id=key_id, secret=f"sq_{key_id}_{secret}")
 
     def authenticate(self, token: str) -> Principal:
-        match = KEY_PATTERN.match(token)
+        match = KEY_PATTERN.fullmatch(token)
         if match is None:
             raise AuthError("malformed API key")
         key_id, secret = match.groups()
@@ -71,8 +71,10 @@ class KeyStore:
     def acting_as(self, admin: Principal, tenant: str) -> Principal:
         """`admin` looking at `tenant`'s resources (the dashboard's tenant filter, for admin
         tenants only: the caller checks that). Unknown tenant: AuthError."""
+        if not TENANT_PATTERN.fullmatch(tenant):
+            raise AuthError("no such tenant")  # not even a tenant name: not repeated
         with self.sessions() as session:
-            row = TenantRepo(session).find_by_name(tenant) if TENANT_PATTERN.match(tenant) else None
+            row = TenantRepo(session).find_by_name(tenant)
         if row is None:
             raise AuthError(f"no tenant named '{tenant}'")
         return Principal(tenant_id=row.id, tenant_name=row.name, key_id=admin.key_id)
@@ -84,7 +86,7 @@ class KeyStore:
         return f"{who.key_id}.{expires}.{self._session_mac(who.key_id, expires)}"
 
     def from_session(self, token: str, now: float | None = None) -> Principal:
-        match = SESSION_PATTERN.match(token)
+        match = SESSION_PATTERN.fullmatch(token)
         if match is None:
             raise AuthError("malformed session")
         key_id, expires = match.group(1), int(match.group(2))

@@ -16,6 +16,7 @@ loader, which refuses such configs too.
 
 import importlib
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from jobs.errors import ConfigError, ModelNotFoundError
-from jobs.specs import BASE_MODEL_PATTERN, describe_validation_error
+from jobs.specs import BASE_MODEL_PATTERN, MODEL_NAME_PATTERN, describe_validation_error
 
 
 class ModelKind(StrEnum):
@@ -100,7 +101,7 @@ class ModelRegistry:
         entry = self.find(name)
         if entry is None or (kind is not None and entry.kind is not kind):
             wanted = f"{kind.value} model" if kind else "model"
-            raise ModelNotFoundError(f"no {wanted} named '{name}' is registered")
+            raise ModelNotFoundError(f"no {wanted} named {shown_name(name)} is registered")
         return entry
 
     def all(self) -> list[ModelEntry]:
@@ -181,6 +182,12 @@ def register(path: Path, item: ModelFileEntry) -> None:
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(kept, indent=2) + "\n")
     temporary.replace(path)
+
+
+def shown_name(name: str) -> str:
+    """A requested model name as an error message shows it: quoted when it is a valid
+    name; otherwise the client's text (a path, 10 KB...) is not repeated."""
+    return f"'{name}'" if re.fullmatch(MODEL_NAME_PATTERN, name) else "<invalid name>"
 
 
 def split_model(name: str) -> tuple[str, str | None]:
