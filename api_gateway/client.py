@@ -19,10 +19,16 @@ import json
 import time
 from collections.abc import Iterator
 from typing import IO, Any
+from urllib.parse import quote
 
 import httpx
 
 __all__ = ["SeekqAPIError", "SeekqClient"]
+
+
+def _segment(name: str) -> str:
+    """A name as one path segment: "../files/x" must not reach another route."""
+    return quote(name, safe="")
 
 
 class SeekqAPIError(Exception):
@@ -66,7 +72,7 @@ class SeekqClient:
 
     def get(self, job_id: str, *, wait_s: float = 0) -> dict[str, Any]:
         params = {"wait": wait_s} if wait_s else None
-        return self._call("GET", f"/v1/jobs/{job_id}", params=params)
+        return self._call("GET", f"/v1/jobs/{_segment(job_id)}", params=params)
 
     def wait(self, job_id: str, timeout_s: float = 120.0) -> dict[str, Any]:
         """The job once terminal (long-polling), or as it stands after `timeout_s`."""
@@ -82,7 +88,7 @@ class SeekqClient:
         return self._call("GET", "/v1/jobs", params=params)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+        return self._call("POST", f"/v1/jobs/{_segment(job_id)}/cancel")
 
     def audit(self, *, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit}
@@ -98,7 +104,7 @@ class SeekqClient:
     def stream_events(self, job_id: str) -> Iterator[str]:
         """The job's text as it is made (GET /v1/jobs/{id}/events); returns when it is done.
         Read the finished job with get(); a job late past the gateway's wait raises."""
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        with self._http.stream("GET", f"/v1/jobs/{_segment(job_id)}/events") as response:
             if response.is_error:
                 response.read()
                 raise _api_error(response)
@@ -128,10 +134,10 @@ class SeekqClient:
         return self._call("GET", "/v1/files")
 
     def get_file(self, file_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/files/{file_id}")
+        return self._call("GET", f"/v1/files/{_segment(file_id)}")
 
     def delete_file(self, file_id: str) -> dict[str, Any]:
-        return self._call("DELETE", f"/v1/files/{file_id}")
+        return self._call("DELETE", f"/v1/files/{_segment(file_id)}")
 
     # Indexes -------------------------------------------------------------
 
@@ -142,7 +148,7 @@ class SeekqClient:
         return self._call("POST", "/v1/indexes", json=body)
 
     def get_index(self, name: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/indexes/{name}")
+        return self._call("GET", f"/v1/indexes/{_segment(name)}")
 
     def find_index(self, name: str) -> dict[str, Any] | None:
         """The index, or None when there is none by that name."""
@@ -157,18 +163,20 @@ class SeekqClient:
         return self._call("GET", "/v1/indexes")
 
     def delete_index(self, name: str) -> dict[str, Any]:
-        return self._call("DELETE", f"/v1/indexes/{name}")
+        return self._call("DELETE", f"/v1/indexes/{_segment(name)}")
 
     def index_documents(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]:
         """Upsert documents (`{"file_id"|"text", "id", "metadata"?}`, ≤ 10,000 per call);
         returns the index job (202)."""
-        return self._call("POST", f"/v1/indexes/{name}/documents", json={"documents": documents})
+        path = f"/v1/indexes/{_segment(name)}/documents"
+        return self._call("POST", path, json={"documents": documents})
 
     def delete_documents(self, name: str, ids: list[str]) -> dict[str, Any]:
-        return self._call("POST", f"/v1/indexes/{name}/documents/delete", json={"ids": ids})
+        path = f"/v1/indexes/{_segment(name)}/documents/delete"
+        return self._call("POST", path, json={"ids": ids})
 
     def rebuild_index(self, name: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/indexes/{name}/rebuild")
+        return self._call("POST", f"/v1/indexes/{_segment(name)}/rebuild")
 
     def list_index_documents(
         self, name: str, *, limit: int = 200, cursor: str | None = None
@@ -176,7 +184,7 @@ class SeekqClient:
         params: dict[str, Any] = {"limit": limit}
         if cursor:
             params["cursor"] = cursor
-        return self._call("GET", f"/v1/indexes/{name}/documents", params=params)
+        return self._call("GET", f"/v1/indexes/{_segment(name)}/documents", params=params)
 
     def search(
         self, name: str, query: str, *, k: int = 5, filter: dict[str, Any] | None = None
@@ -184,7 +192,7 @@ class SeekqClient:
         body: dict[str, Any] = {"query": query, "k": k}
         if filter:
             body["filter"] = filter
-        return self._call("POST", f"/v1/indexes/{name}/search", json=body)
+        return self._call("POST", f"/v1/indexes/{_segment(name)}/search", json=body)
 
     # Fine-tuning ---------------------------------------------------------
 
@@ -209,21 +217,21 @@ class SeekqClient:
         return self._call("POST", "/v1/fine_tuning/jobs", json=body)
 
     def get_fine_tune(self, fine_tuning_job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/fine_tuning/jobs/{fine_tuning_job_id}")
+        return self._call("GET", f"/v1/fine_tuning/jobs/{_segment(fine_tuning_job_id)}")
 
     def list_fine_tunes(self, *, after: str | None = None, limit: int = 20) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
         return self._call("GET", "/v1/fine_tuning/jobs", params=params)
 
     def cancel_fine_tune(self, fine_tuning_job_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel")
+        return self._call("POST", f"/v1/fine_tuning/jobs/{_segment(fine_tuning_job_id)}/cancel")
 
     def fine_tune_events(
         self, fine_tuning_job_id: str, *, after: str | None = None, limit: int = 20
     ) -> dict[str, Any]:
         """Newest first; `after` (an event id) continues with older ones."""
         params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
-        path = f"/v1/fine_tuning/jobs/{fine_tuning_job_id}/events"
+        path = f"/v1/fine_tuning/jobs/{_segment(fine_tuning_job_id)}/events"
         return self._call("GET", path, params=params)
 
     def list_models(self) -> dict[str, Any]:
@@ -232,7 +240,7 @@ class SeekqClient:
 
     def delete_model(self, model: str) -> dict[str, Any]:
         """Delete a fine-tuned adapter (`<base>:<name>`)."""
-        return self._call("DELETE", f"/v1/models/{model}")
+        return self._call("DELETE", f"/v1/models/{_segment(model)}")
 
     def close(self) -> None:
         self._http.close()

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api_gateway.client import SeekqAPIError, SeekqClient
+from jobs import strict_json
 from jobs.catalog import CATALOG
 
 jobs_app = typer.Typer(help="List, show and cancel jobs.", no_args_is_help=True)
@@ -221,9 +222,13 @@ def _summarise(result: dict[str, Any]) -> str:
 
 
 def _load_spec(spec: str) -> dict[str, Any]:
+    """The spec read as the gateway reads JSON (jobs.strict_json): a duplicate key or a
+    NaN is refused here, with the decoder's reason, never a piece of the text."""
     try:
         text = Path(spec[1:]).read_text() if spec.startswith("@") else spec
-        data = json.loads(text)
+        data = strict_json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"spec is not readable JSON ({exc.msg})") from None
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"spec is not readable JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict):
