@@ -35,7 +35,16 @@ def celery_config(settings: JobsSettings) -> dict[str, Any]:
         # queued work anyway (SQL can: GET /v1/jobs?status=queued). Workers do send events.
         "task_send_sent_event": False,
         "worker_send_task_events": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # A Redis that stops answering fails a publish in seconds (the job then waits
+            # in the outbox) instead of hanging the request; a half-open consumer
+            # connection is dropped after brpop_timeout + 2 x health_check_interval.
+            "socket_timeout": settings.broker_socket_timeout_s,
+            "socket_connect_timeout": settings.broker_socket_timeout_s,
+            "socket_keepalive": True,
+            "health_check_interval": settings.broker_health_check_s,
+        },
         "broker_connection_retry_on_startup": True,
         # Fail a publish within ~1 s when Redis is down instead of hanging the request.
         "task_publish_retry_policy": {

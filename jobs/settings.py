@@ -29,6 +29,10 @@ class JobsSettings(BaseSettings):
     # Keys the PII fingerprints and the API-key hashes. Unset with SQLite: generated once
     # into the data dir (0600). Unset with any other database: refused.
     secret_key: SecretStr | None = None
+    # A Redis command that gets no answer this long fails (publishes, the consumer's reads);
+    # the consumer checks an idle connection this often (kombu's default is 25 s).
+    broker_socket_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    broker_health_check_s: int = Field(default=10, ge=1, le=300)
     # Redis redelivers an unacked message after this long; a long job keeps its SQL lease.
     visibility_timeout_s: int = Field(default=3600, ge=1)
     lease_s: float = Field(default=30.0, gt=0)

@@ -13,7 +13,21 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database)
-    return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    connect_args = POSTGRES_TCP if parsed.get_backend_name() == "postgresql" else {}
+    return create_engine(url, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args)
+
+
+# libpq settings (URL query parameters override them): a connection a firewall or NAT
+# silently dropped is noticed in about a minute instead of hanging on the kernel's
+# ~15-minute retransmission limit; connecting gives up after 10 s.
+POSTGRES_TCP: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms a sent byte may stay unacknowledged
+}
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

@@ -27,7 +27,9 @@ class TcpProxy:
 
     Modes: `pass`; `blackhole` (connections stay open but no byte moves: a stalled peer
     or a dropped route); `refuse` (every new connection is reset at once: the service is
-    down). `reset()` resets every open connection (a restart or a middlebox timing out).
+    down). `reset()` resets every open connection (a restart or a middlebox timing out);
+    `sever()` makes every open connection half-open for good (a NAT or firewall that
+    forgot them: no byte and no reset ever arrives) while new ones work.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -36,9 +38,17 @@ class TcpProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._kept: list[tuple[socket.socket, socket.socket]] = []
+        self._severed: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name="proxy").start()
+
+    def sever(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._severed.update(id(sock) for pair in pairs for sock in pair)
+            self._kept.extend(pairs)  # never closed: closing would tell the peer
 
     def reset(self) -> None:
         with self._lock:
@@ -50,6 +60,9 @@ class TcpProxy:
     def close(self) -> None:
         self._closed = True
         self.reset()
+        for pair in self._kept:
+            for sock in pair:
+                _rst(sock)
         self._listener.close()
 
     def _accept(self) -> None:
@@ -75,7 +88,7 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                while self.mode == "blackhole" and not self._closed:
+                while (self.mode == "blackhole" or id(src) in self._severed) and not self._closed:
                     time.sleep(0.02)
                 dst.sendall(data)
         except OSError:

@@ -411,3 +411,29 @@ def error_of(stack: FaultStack, job_id: str) -> tuple[str, str]:
             return error_type, message
     finally:
         engine.dispose()
+
+
+def test_half_open_redis_connections(fault_stack: FaultStack) -> None:
+    """Every open Redis connection silently stops (no byte and no reset ever arrives; the
+    peer's kernel still ACKs: a hung proxy or server) while jobs run; new connections
+    work. The gateway's publishes time out (SEEKQ_BROKER_SOCKET_TIMEOUT_S) and its jobs
+    wait in the outbox. The worker's Celery consumer does NOT notice its hung connection
+    (measured: still polling it after 3 minutes), so it is restarted, as a supervisor's
+    liveness check would; the restarted worker finishes everything exactly once."""
+    client, checker, history = fault_stack.tenant("half-open")
+    fault_stack.start_worker("half-open")
+    try:
+        jobs = [submit(client, history, f"half-open {i}", hold_s=1) for i in range(3)]
+        assert all(jobs)
+        wait_until(running(fault_stack, jobs[0]["id"]), what="a job to run")  # type: ignore[index]
+        fault_stack.redis_proxy.sever()
+        with timed() as took:
+            late = [submit(client, history, f"half-open late {i}") for i in range(2)]
+        assert all(late), "accepted into the outbox while Redis hangs"
+        assert took[0] < 30, took
+        fault_stack.stop_workers()
+        fault_stack.start_worker("half-open-2")
+        settle(fault_stack, "half-open Redis connections mid-task, worker restarted", client,
+               checker, history, {"succeeded": 6})  # fmt: skip
+    finally:
+        fault_stack.stop_workers()
