@@ -45,6 +45,7 @@ from jobs.errors import (
 )
 from jobs.service import IdempotencyConflictError
 from jobs.specs import describe_errors
+from storage.artifacts import ArtifactStoreFullError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,16 @@ async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def on_storage_full(_: Request, exc: Exception) -> JSONResponse:
+    log.error("artifact store full: %s", type(exc).__name__)
+    message = "the server has no storage space left for this; retry later"
+    return JSONResponse(
+        error_body(message, "storage_full"), status_code=507, headers={"Retry-After": "60"}
+    )
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(ArtifactStoreFullError, on_storage_full)
     app.add_exception_handler(OperationalError, on_database_unavailable)
     app.add_exception_handler(InterfaceError, on_database_unavailable)
     app.add_exception_handler(SeekqError, on_seekq_error)

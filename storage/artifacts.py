@@ -63,6 +63,10 @@ class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
     """No artifact is stored under the key."""
 
 
+class ArtifactStoreFullError(ArtifactError, OSError):
+    """The store's file system has no space (or quota) left; nothing was written."""
+
+
 class ArtifactDigestError(ArtifactError, ValueError):
     """The stored bytes do not match the size and sha256 recorded when they were written."""
 
@@ -161,8 +165,15 @@ class LocalArtifactStore:
                 f"artifact of {len(data)} bytes is over the limit of {self.max_put_bytes}"
             )
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(target, data)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(target, data)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ArtifactStoreFullError(
+                    errno.ENOSPC, f"the artifact store has no space left for {key}"
+                ) from None
+            raise
         return ArtifactInfo(key, len(data), hashlib.sha256(data).hexdigest())
 
     def get(self, key: str) -> bytes:

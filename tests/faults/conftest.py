@@ -60,9 +60,11 @@ class FaultStack:
         env.update(extra)
         return env
 
-    def start_worker(self, name: str = "w", *args: str, **env: str) -> WorkerProcess:
+    def start_worker(
+        self, name: str = "w", *args: str, queues: str = "cpu.ping", **env: str
+    ) -> WorkerProcess:
         log = self.tmp / f"worker-{name}.log"
-        worker = WorkerProcess(self.worker_env(**env), log, queues="cpu.ping", extra_args=args)
+        worker = WorkerProcess(self.worker_env(**env), log, queues=queues, extra_args=args)
         self.workers.append(worker.start())
         return worker
 

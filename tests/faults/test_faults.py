@@ -7,8 +7,10 @@ exactly one committed effect matching it, no job ran that no client was told abo
 and a new job succeeds once the fault has healed. docs/reliability.md tabulates them.
 """
 
+import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -437,3 +439,73 @@ def test_half_open_redis_connections(fault_stack: FaultStack) -> None:
                checker, history, {"succeeded": 6})  # fmt: skip
     finally:
         fault_stack.stop_workers()
+
+
+@pytest.fixture
+def small_disk(fault_stack: FaultStack):  # type: ignore[no-untyped-def]
+    """A 16 MiB tmpfs for an index worker's data dir (needs root, as CI has)."""
+    mount = fault_stack.tmp / "small-disk"
+    mount.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_during_an_index_write(fault_stack: FaultStack, small_disk: Any) -> None:
+    client, checker, history = fault_stack.tenant("disk-full")
+    fault_stack.start_worker("embed", queues="gpu.embed")
+    small = {"SEEKQ_DATA_DIR": str(small_disk)}
+    fault_stack.start_worker("index", queues="cpu.index,cpu.search,cpu.ping", **small)
+    history.untracked_kinds.add("search")
+    try:
+        assert client.post("/v1/indexes", json={"name": "kb", "type": "flat"}).status_code == 201
+        first = index_docs(client, history, "first", 2)
+        checker.wait_terminal([first], 120)
+        assert checker.statuses([first])[first] == "succeeded"
+        filler = small_disk / "filler"
+        fill(filler)
+        second = index_docs(client, history, "second", 40)
+        checker.wait_terminal([second], 120)
+        assert checker.statuses([second])[second] == "failed"
+        error_type, message = error_of(fault_stack, second)
+        assert error_type == "ArtifactStoreFullError", (error_type, message)
+        assert str(small_disk) not in message  # no server path in what the tenant reads
+        hits = client.post("/v1/indexes/kb/search", json={"query": "first document 1", "k": 5})
+        assert hits.status_code == 200, hits.text  # the last good version still serves
+        assert hits.json()["version"] == 1
+        assert {h["doc_id"] for h in hits.json()["hits"]} == {"first-0", "first-1"}
+        filler.unlink()
+        third = index_docs(client, history, "third", 40)
+        settle(fault_stack, "disk full during an index write, then space freed", client,
+               checker, history, {"failed": 1, "succeeded": 3})  # fmt: skip
+        assert checker.statuses([third])[third] == "succeeded"
+    finally:
+        fault_stack.stop_workers()
+
+
+def index_docs(client: httpx.Client, history: History, prefix: str, count: int) -> str:
+    documents = [
+        {"id": f"{prefix}-{i}", "text": f"{prefix} document {i}: " + "words " * 50}
+        for i in range(count)
+    ]
+    response = client.post("/v1/indexes/kb/documents", json={"documents": documents})
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    history.accept(job, None)
+    return str(job["id"])
+
+
+def fill(path: Any) -> None:
+    """Fill the file system but for 4 KiB."""
+    out = open(path, "wb")  # noqa: SIM115 (closing a full file raises too)
+    try:
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    except OSError:
+        with contextlib.suppress(OSError):
+            out.close()
+    stat = os.statvfs(path)
+    assert stat.f_bavail * stat.f_frsize < 65536
