@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,24 @@ class ServerThread(uvicorn.Server):
         pass
 
 
+@contextmanager
+def served(context: JobsContext, **gateway: Any) -> Iterator[str]:
+    """A gateway over `context` (GatewaySettings from `gateway`) served on a free loopback
+    port by a thread of this process; yields its base URL, stops it on exit."""
+    port = free_port()
+    app = create_app(context, GatewaySettings(port=port, **gateway))
+    server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/readyz")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @dataclass
 class Stack:
     """A real gateway (HTTP on loopback) and a real worker process over one database."""
@@ -218,15 +237,8 @@ def stack(
     env = stack_env(database_url, redis_db, tmp, SEEKQ_MODELS_FILE=str(models_file))
     worker = WorkerProcess(env, tmp / "worker.log").start()
     context = make_context(database_url, redis_db, tmp, models_file=models_file)
-    port = free_port()
-    app = create_app(context, GatewaySettings(port=port, wait_timeout_s=60))
-    server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait_http(f"http://127.0.0.1:{port}/readyz")
-    yield Stack(database_url, redis_db, f"http://127.0.0.1:{port}", context, worker, tmp)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(context, wait_timeout_s=60) as url:
+        yield Stack(database_url, redis_db, url, context, worker, tmp)
     worker.stop()
     context.close()
 

@@ -2,25 +2,20 @@
 a TCP proxy in front of each, a real gateway and real worker processes behind them."""
 
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from api_gateway.app import create_app
-from api_gateway.settings import GatewaySettings
 from jobs.context import JobsContext
 from jobs.keys import Principal
 from jobs.settings import JobsSettings
 from jobs.webhook_endpoints import EndpointCreate
-from seekq.embedded import free_port
 from storage.migrate import upgrade
 from storage.settings import StorageSettings
-from tests.conftest import TEST_SECRET, ServerThread, WorkerProcess, _postgres_database, _wait_http
+from tests.conftest import TEST_SECRET, WorkerProcess, _postgres_database, served
 from tests.faults.harness import Checker, History, RedisServer, TcpProxy, env_without_seekq
 
 LEASE_S = 2.0
@@ -104,20 +99,12 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
     )
     storage = StorageSettings(database_url=proxied, data_dir=tmp / "data")
     context = JobsContext.create(settings, storage)
-    port = free_port()
-    app = create_app(context, GatewaySettings(port=port, wait_timeout_s=20))
-    server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait_http(f"http://127.0.0.1:{port}/readyz")
-    stack = FaultStack(
-        database_url, proxied, redis_server, redis_proxy, pg_proxy, context,
-        f"http://127.0.0.1:{port}", tmp,
-    )  # fmt: skip
-    yield stack
-    stack.stop_workers()
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(context, wait_timeout_s=20) as url:
+        stack = FaultStack(
+            database_url, proxied, redis_server, redis_proxy, pg_proxy, context, url, tmp
+        )
+        yield stack
+        stack.stop_workers()
     context.close()
     redis_proxy.close()
     pg_proxy.close()

@@ -152,6 +152,7 @@ def test_a_job_that_kills_every_worker_ends_worker_lost(fault_stack: FaultStack)
         checker.wait_terminal([job["id"]], SETTLE_S)
         row = job_row(fault_stack, job["id"])
         assert (row["status"], row["attempt"]) == ("failed", 3)
+        assert error_of(fault_stack, job["id"])[0] == "worker_lost"
         settle(fault_stack, "a job that kills its worker every time (OOM)", client, checker,
                history, {"failed": 1, "succeeded": 1})  # fmt: skip
     finally:

@@ -18,26 +18,21 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from openai.types.chat import ChatCompletionMessageParam
 
 from api_gateway import streaming
-from api_gateway.app import create_app
-from api_gateway.settings import GatewaySettings
 from jobs.context import JobsContext
 from jobs.keys import Principal
 from jobs.records import JobView
 from jobs.specs import GenerateResult, GenerateTiming
 from jobs.streams import StreamEntry, TokenStreams
-from seekq.embedded import free_port
 from tests.conftest import (
     TINY_MODEL,
-    ServerThread,
     Stack,
     WorkerProcess,
-    _wait_http,
     flush_redis,
     make_context,
+    served,
     stack_env,
     unique,
 )
@@ -68,15 +63,8 @@ def gateway(stack: Stack) -> Iterator[Gateway]:
     flush_redis(stack.redis_db + 2)
     models_file = stack.context.settings.models_file  # registers the tiny causal LM
     context = make_context(stack.database_url, stack.redis_db + 2, models_file=models_file)
-    port = free_port()
-    app = create_app(context, GatewaySettings(port=port, wait_timeout_s=WAIT_S))
-    server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait_http(f"http://127.0.0.1:{port}/readyz")
-    yield Gateway(f"http://127.0.0.1:{port}", context)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(context, wait_timeout_s=WAIT_S) as url:
+        yield Gateway(url, context)
     context.close()
 
 

@@ -4,22 +4,18 @@ limit, its buckets in the stack's real Redis."""
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis as AsyncRedis
 
-from api_gateway.app import create_app
 from api_gateway.rate_limit import KeyRateLimiter, duration_text
-from api_gateway.settings import GatewaySettings
 from seekq.embedded import free_port
-from tests.conftest import ServerThread, Stack, _wait_http, redis_url, unique
+from tests.conftest import Stack, redis_url, served, unique
 
 PER_MINUTE = 60  # one request a second comes back
 BURST = 3
@@ -28,16 +24,9 @@ BURST = 3
 @pytest.fixture(scope="module")
 def limited_url(stack: Stack) -> Iterator[str]:
     """A second gateway on the stack's context and Redis, with a small per-key limit."""
-    port = free_port()
-    settings = GatewaySettings(port=port, rate_limit_per_minute=PER_MINUTE, rate_limit_burst=BURST)
-    app = create_app(stack.context, settings)
-    server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait_http(f"http://127.0.0.1:{port}/readyz")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    limits = {"rate_limit_per_minute": PER_MINUTE, "rate_limit_burst": BURST}
+    with served(stack.context, **limits) as url:
+        yield url
 
 
 def client(url: str, stack: Stack, tenant: str) -> httpx.Client:

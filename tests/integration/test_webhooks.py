@@ -15,18 +15,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from api_gateway.app import create_app
-from api_gateway.settings import GatewaySettings
 from jobs.context import JobsContext
 from tests.conftest import (
-    ServerThread,
     Stack,
     WorkerProcess,
-    _wait_http,
-    free_port,
     make_context,
+    served,
     stack_env,
     unique,
 )
@@ -126,18 +121,11 @@ def hooks(stack: Stack) -> Iterator[Hooks]:
         webhook_allowed_networks=("127.0.0.1/32",),
         webhook_allow_http=True,
     )
-    port = free_port()
-    app = create_app(context, GatewaySettings(port=port, wait_timeout_s=60))
-    server = ServerThread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    _wait_http(f"http://127.0.0.1:{port}/readyz")
     receiver = Receiver()
     http_server = serve_receiver(receiver)
-    yield Hooks(f"http://127.0.0.1:{port}", context, receiver)
+    with served(context, wait_timeout_s=60) as url:
+        yield Hooks(url, context, receiver)
     http_server.shutdown()
-    server.should_exit = True
-    thread.join(timeout=10)
     worker.stop()
     context.close()
 
