@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jobs import strict_json
 from jobs.datasets import MAX_LINE_BYTES
 from jobs.errors import DatasetError
 from jobs.pii import PiiMasker
@@ -112,16 +113,14 @@ def _json_object(raw: bytes) -> dict[str, Any] | str:
         return "not UTF-8 text"
     if not line.strip():
         return "empty line (remove it)"
-    try:
-        parsed = json.loads(line)
-    except (ValueError, RecursionError):  # also a number of over 4,300 digits
+    try:  # strict: no duplicate keys, NaN, NUL, lone surrogates or deep nesting
+        parsed = strict_json.loads(line)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON: {exc.msg}"  # the decoder's fixed words, never the line
+    except (ValueError, RecursionError):
         return "not valid JSON"
     if not isinstance(parsed, dict):
         return "not a JSON object"
-    try:  # the stored form is UTF-8: an escaped lone surrogate (\ud800) cannot be written
-        json.dumps(parsed, ensure_ascii=False).encode()
-    except (UnicodeEncodeError, RecursionError):
-        return "holds an unpaired surrogate escape (\\ud800-\\udfff) or nests too deeply"
     return parsed
 
 

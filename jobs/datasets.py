@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from jobs import strict_json
 from jobs.errors import DatasetError, SpecError
 from jobs.finetune_specs import ChatLine, PromptCompletionLine
 from jobs.pii import PiiMasker
@@ -64,9 +65,12 @@ def _check_line(line: str, number: int, problems: list[tuple[int, str]]) -> dict
     if len(line.encode()) > MAX_LINE_BYTES:
         problems.append((number, f"longer than {MAX_LINE_BYTES} bytes"))
         return None
-    try:
-        raw = json.loads(line)
-    except (ValueError, RecursionError):  # also a number of over 4,300 digits
+    try:  # strict: no duplicate keys, NaN, NUL, lone surrogates or deep nesting
+        raw = strict_json.loads(line)
+    except json.JSONDecodeError as exc:  # the decoder's fixed words, never the line
+        problems.append((number, f"not valid JSON: {exc.msg}"))
+        return None
+    except (ValueError, RecursionError):
         problems.append((number, "not valid JSON"))
         return None
     if not isinstance(raw, dict):

@@ -176,3 +176,18 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_per_line(
     with pytest.raises(DatasetError, match="line 4: the model's chat template does not render"):
         check_lengths([chat], dropping, 512, "training file")
     assert check_lengths([chat], dropping, 512, "training file", completion_only=False) > 0
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"prompt": "p", "prompt": "q", "completion": "c"}', "duplicate key in an object"),
+        ('{"prompt": "p", "completion": "c", "weight": Infinity}', "NaN and Infinity"),
+        ('{"prompt": "p\\u0000", "completion": "c"}', "a string holds a NUL character"),
+    ],
+)
+def test_example_lines_json_reads_two_ways_are_refused(line: str, reason: str) -> None:
+    with pytest.raises(DatasetError) as caught:
+        parse(lines(*good(3), line), MASKER, min_examples=1, max_examples=100)
+    assert caught.value.lines == [(4, caught.value.lines[0][1])]
+    assert caught.value.lines[0][1].startswith(f"not valid JSON: {reason}")
