@@ -6,6 +6,7 @@ delete, rebuild) is an `index` job on `cpu.index`; searching it is a `search` jo
 `cpu.search`, which the gateway waits for.
 """
 
+import functools
 import json
 import re
 import uuid
@@ -138,6 +139,7 @@ def get_index_row(session: Session, tenant_id: str, name: str) -> IndexRow:
     return row
 
 
+@functools.cache  # a few small files, read once per model directory and process
 def embedding_dimensions(model_dir: Path) -> int:
     """The vector size of a sentence-embedding model, read from its files (no torch)."""
     for relative, key in (

@@ -258,13 +258,10 @@ class JobService:
                 raise SpecError("the job changed status while being cancelled; retry")
             AuditRepo(session).add(audit_event(who, "job.cancel_requested", {}, job_id=job_id))
             deliveries = []
-            if target is JobStatus.CANCELLED and self.outbox is not None:
-                ended = Ended(job_id, row.tenant_id, row.kind, target.value, row.parent_id)
-                deliveries = self.outbox.record(session, [ended])
+            if target is JobStatus.CANCELLED:
+                deliveries = self._record_end(session, row, target)
         if target is JobStatus.CANCELLED:
-            self.events.announce(job_id, target.value)
-            if self.outbox is not None:
-                self.outbox.publish(deliveries)
+            self._announce_end(job_id, target, deliveries)
         else:
             self.events.request_cancel(job_id)
         return self.get(who, job_id)
@@ -339,13 +336,23 @@ class JobService:
             ended = JobRepo(session).update_where(
                 row.id, statuses=[JobStatus.QUEUED.value], values=values
             )
-            if ended and self.outbox is not None:
-                failed = Ended(row.id, row.tenant_id, row.kind, JobStatus.FAILED.value)
-                deliveries = self.outbox.record(session, [failed])
+            if ended:
+                deliveries = self._record_end(session, row, JobStatus.FAILED)
         if ended:
-            self.events.announce(row.id, JobStatus.FAILED.value)
-            if self.outbox is not None:
-                self.outbox.publish(deliveries)
+            self._announce_end(row.id, JobStatus.FAILED, deliveries)
+
+    def _record_end(self, session: Session, row: JobRow, status: JobStatus) -> list[str]:
+        """The webhook deliveries of a job ended here, in the terminal write's transaction."""
+        if self.outbox is None:
+            return []
+        ended = Ended(row.id, row.tenant_id, row.kind, status.value, row.parent_id)
+        return self.outbox.record(session, [ended])
+
+    def _announce_end(self, job_id: str, status: JobStatus, deliveries: list[str]) -> None:
+        """After the commit: wake the job's waiters and send its webhooks."""
+        self.events.announce(job_id, status.value)
+        if self.outbox is not None:
+            self.outbox.publish(deliveries)
 
     def _replay(self, who: Principal, key: str, request_hash: str) -> Submitted | None:
         with self.sessions() as session:

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 Work = Callable[[Task, str], Outcome]
 
 READY_MESSAGE = "seekq worker ready"
+CELERY_LIMIT_GRACE_S = 30.0  # prefork's own hard limit: this long after seekq's
 
 
 class WorkerState:
@@ -225,9 +226,6 @@ def _batched(state: WorkerState) -> Work:
         return state.embed_collector(task.request.hostname).run(job_id)
 
     return work
-
-
-CELERY_LIMIT_GRACE_S = 30.0
 
 
 def _alone(entry: KindEntry, state: WorkerState) -> Work:

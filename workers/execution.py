@@ -81,8 +81,7 @@ class LeaseKeeper:
         """Start keeping `claim`'s lease; the returned event is set when the job must stop
         (cancel, lost lease, or 90% of `limit_s`: its soft time limit)."""
         now = time.monotonic()
-        held = _Held(lifecycle, claim, threading.Event(), now + lifecycle.lease_s / 3)
-        held.limit_s, held.started = limit_s, now
+        held = _Held(lifecycle, claim, threading.Event(), now + lifecycle.lease_s / 3, limit_s, now)
         with self._lock:
             self._held[(claim.job_id, claim.attempt)] = held
             if self._thread is None:
@@ -109,7 +108,8 @@ class LeaseKeeper:
             with self._lock:
                 held = list(self._held.values())
             for one in held:
-                self._enforce_limit(one)
+                if self._enforce_limit(one):
+                    continue  # failed at its hard limit (the process is ending)
                 if not self._still_ours(one):
                     one.stop.set()
                     self.drop(one.claim)
@@ -122,19 +122,25 @@ class LeaseKeeper:
             tenths = [h.limit_s / 10 for h in self._held.values()]
         return max(0.05, min([self.check_every_s, *thirds, *tenths]))
 
-    def _enforce_limit(self, held: _Held) -> None:
+    def _enforce_limit(self, held: _Held) -> bool:
         """Soft limit (90%): ask the runner to stop; execute() records the failure. Hard
-        limit (100%): a runner that did not stop is failed here, and the process ends."""
+        limit (100%): a runner that did not stop is failed here, and the process ends;
+        True then."""
         if held.timed_out is None and held.over(0.9):
             held.timed_out = "soft"
             log.warning("soft time limit job_id=%s limit_s=%g", held.claim.job_id, held.limit_s)
             held.stop.set()
         elif held.timed_out == "soft" and held.over(1.0):
             held.timed_out = "hard"
-            message = f"hard time limit of {held.limit_s:g} s: the job did not stop when asked"
-            held.lifecycle.fail(held.claim, TimeLimitExceededError.__name__, message)
             self.drop(held.claim)
+            message = f"hard time limit of {held.limit_s:g} s: the job did not stop when asked"
+            try:
+                held.lifecycle.fail(held.claim, TimeLimitExceededError.__name__, message)
+            except Exception:  # SQL down: the lease lapses and the reconciler takes it back
+                log.exception("hard time limit not recorded job_id=%s", held.claim.job_id)
             self.on_hard_limit(held.claim)
+            return True
+        return False
 
     def _still_ours(self, held: _Held) -> bool:
         try:

@@ -15,8 +15,8 @@ from jobs.settings import JobsSettings
 from jobs.webhook_endpoints import EndpointCreate
 from storage.migrate import upgrade
 from storage.settings import StorageSettings
-from tests.conftest import TEST_SECRET, WorkerProcess, _postgres_database, served
-from tests.faults.harness import Checker, History, RedisServer, TcpProxy, env_without_seekq
+from tests.conftest import TEST_SECRET, WorkerProcess, _postgres_database, served, stack_env
+from tests.faults.harness import Checker, History, RedisServer, TcpProxy
 
 LEASE_S = 2.0
 EVENTS = ["job.succeeded", "job.failed", "job.cancelled"]
@@ -39,21 +39,17 @@ class FaultStack:
         return f"redis://127.0.0.1:{self.redis_proxy.port}/0"
 
     def worker_env(self, **extra: str) -> dict[str, str]:
-        env = env_without_seekq()
-        env.update(
-            SEEKQ_DATABASE_URL=self.proxied_database_url,
-            SEEKQ_BROKER_URL=self.broker_url(),
-            SEEKQ_SECRET_KEY=TEST_SECRET,
-            SEEKQ_DATA_DIR=str(self.tmp / "data"),
-            SEEKQ_LEASE_S=str(LEASE_S),
-            SEEKQ_RECONCILE_EVERY_S="1",
-            SEEKQ_DISPATCH_GRACE_S="2",
-            SEEKQ_MAX_ATTEMPTS="3",
-            HF_HUB_OFFLINE="1",
-            TOKENIZERS_PARALLELISM="false",
-        )
-        env.update(extra)
-        return env
+        """The stack's worker environment, pointed at the proxies, with short leases and
+        a sweep every second."""
+        settings = {
+            "SEEKQ_BROKER_URL": self.broker_url(),
+            "SEEKQ_LEASE_S": str(LEASE_S),
+            "SEEKQ_RECONCILE_EVERY_S": "1",
+            "SEEKQ_DISPATCH_GRACE_S": "2",
+            "SEEKQ_MAX_ATTEMPTS": "3",
+        }
+        env = {**settings, **extra}  # a scenario may override any of these
+        return stack_env(self.proxied_database_url, 0, self.tmp / "data", **env)
 
     def start_worker(
         self, name: str = "w", *args: str, queues: str = "cpu.ping", **env: str

@@ -3,7 +3,6 @@ of Redis and of PostgreSQL, worker processes to kill, and the checker that reads
 whole history back from SQL after every scenario."""
 
 import contextlib
-import os
 import signal
 import socket
 import struct
@@ -287,7 +286,3 @@ def timed() -> Iterator[list[float]]:
     started = time.monotonic()
     yield out
     out.append(time.monotonic() - started)
-
-
-def env_without_seekq() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SEEKQ_")}
