@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,16 +111,32 @@ def test_a_browser_signs_in_and_opens_a_job(stack: Stack, seeded: Seeded, tmp_pa
         assert driver.current_url.endswith("/dashboard/login")
         driver.find_element(By.NAME, "api_key").send_keys(seeded.key)
         driver.find_element(By.CSS_SELECTOR, "form[action='/dashboard/login'] button").click()
-        table = driver.find_element(By.ID, "jobs")
+        table = shown(driver, "jobs")  # click() returns before the next page loads
         assert seeded.queued in table.text and seeded.done in table.text
         driver.save_screenshot(str(shots / "dashboard-jobs.png"))
         driver.find_element(By.LINK_TEXT, seeded.done).click()
-        assert "succeeded" in driver.find_element(By.ID, "timeline").text
+        assert "succeeded" in shown(driver, "timeline").text
         audit = driver.find_element(By.ID, "audit").text
         assert "CARD_NUMBER" in audit and "4111 1111" not in audit
         driver.save_screenshot(str(shots / "dashboard-job.png"))
     finally:
         driver.quit()
+
+
+def shown(driver: Any, element_id: str, timeout_s: float = 30) -> Any:
+    """The element once the page that holds it has loaded; a timeout names the page the
+    browser is on instead of selenium's bare 'no such element'."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout_s).until(
+            expected_conditions.presence_of_element_located((By.ID, element_id))
+        )
+    except TimeoutException:
+        pytest.fail(f"no #{element_id} after {timeout_s}s on {driver.current_url}: {driver.title}")
 
 
 def test_an_admin_tenant_can_filter_by_tenant(stack: Stack, seeded: Seeded) -> None:
