@@ -42,6 +42,9 @@ class WorkerSettings(BaseSettings):
     # metrics_addr; unset: not served.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
+    # A model loads on a GPU only when its weights (at the load dtype) times this factor,
+    # plus a reserve for activations, fit in the device's free memory (workers.gpu_memory).
+    gpu_memory_headroom: float = Field(default=1.2, ge=1.0, le=10.0)
 
 
 @lru_cache
