@@ -19,7 +19,7 @@ from jobs.errors import KindNotAvailableError, SpecError
 from jobs.finetune_specs import FineTuneResult, FineTuneSpec
 from jobs.index_specs import IndexResult, IndexSpec, SearchResult, SearchSpec
 from jobs.lifecycle import Effect
-from jobs.registry import ModelKind
+from jobs.registry import SERVING_QUEUES, ModelKind
 from jobs.specs import (
     EmbedResult,
     EmbedSpec,
@@ -84,14 +84,21 @@ class KindEntry:
 
 # Kinds with no entry yet are known (so the API can say so) but cannot be submitted.
 CATALOG: Mapping[JobKind, KindEntry] = {
+    # Embed and generate jobs go to their model's own queue when it has one (jobs.queue).
     JobKind.EMBED: KindEntry(
-        JobKind.EMBED, EmbedSpec, EmbedResult, "gpu.embed", 600.0, ("input",), ModelKind.EMBEDDING
+        JobKind.EMBED,
+        EmbedSpec,
+        EmbedResult,
+        SERVING_QUEUES[ModelKind.EMBEDDING],
+        600.0,
+        ("input",),
+        ModelKind.EMBEDDING,
     ),
     JobKind.GENERATE: KindEntry(
         JobKind.GENERATE,
         GenerateSpec,
         GenerateResult,
-        "gpu.generate",
+        SERVING_QUEUES[ModelKind.CAUSAL_LM],
         1800.0,
         ("prompt", "messages"),
         ModelKind.CAUSAL_LM,
@@ -140,7 +147,8 @@ def get_entry(kind: JobKind | str) -> KindEntry:
 
 
 def queues() -> list[str]:
-    """Every queue a worker may consume: one per kind, and the webhooks queue."""
+    """Every queue a worker may consume: one per kind, and the webhooks queue (models'
+    own queues come with the registry: ModelRegistry.own_queues)."""
     return sorted({entry.queue for entry in CATALOG.values()} | {WEBHOOK_QUEUE})
 
 

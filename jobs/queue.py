@@ -1,9 +1,10 @@
 """Celery producer configuration: JSON only, late acks, one queue per kind.
 
-Messages carry a job id and nothing else; SQL holds the spec and the result.
+Messages carry a job id and nothing else; SQL holds the spec and the result. A job whose
+model has a queue of its own goes there instead of its kind's queue (`queue_for`).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from celery import Celery
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 from jobs.broker import TRANSPORT, broker_tls
 from jobs.catalog import CATALOG, KindEntry
 from jobs.errors import BrokerUnavailableError
+from jobs.registry import SERVING_QUEUES, ModelRegistry, split_model
 from jobs.settings import JobsSettings
 from jobs.webhooks import WEBHOOK_QUEUE, WEBHOOK_TASK
 
@@ -68,8 +70,33 @@ def make_celery(settings: JobsSettings) -> Celery:
     return app
 
 
+def queue_for(entry: KindEntry, spec: Mapping[str, Any], models: ModelRegistry) -> str:
+    """The queue of a job of `entry` with `spec`: its model's own queue when the model has
+    one (an adapter `base:name` runs where its base is loaded), else its kind's queue."""
+    if not follows_model(entry):
+        return entry.queue
+    name = spec.get("model")
+    found = models.find(split_model(name)[0]) if isinstance(name, str) else None
+    if found is None or found.kind is not entry.model_kind:
+        return entry.queue
+    return found.serving_queue
+
+
+def follows_model(entry: KindEntry) -> bool:
+    """Kinds that serve a model on its kind's queue (embed, generate) follow the model to
+    its own queue; a fine-tune trains on its own queue whatever the model."""
+    return entry.model_kind is not None and entry.queue == SERVING_QUEUES[entry.model_kind]
+
+
+def has_own_queues(entry: KindEntry, models: ModelRegistry) -> bool:
+    """Some job of `entry` may leave its kind's queue: a model of its kind has a queue."""
+    if not follows_model(entry):
+        return False
+    return any(m.queue is not None and m.kind is entry.model_kind for m in models.all())
+
+
 class Publisher(Protocol):
-    """Puts a job id on its kind's queue."""
+    """Puts a job id on the queue of `entry` (its kind's, or its model's own)."""
 
     def publish(self, entry: KindEntry, job_id: str) -> None: ...
 

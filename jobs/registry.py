@@ -12,11 +12,17 @@ An entry may set `sliding_window` (directory sources only). The model's `config.
 read to refuse it early for architectures without sliding-window attention; when the file
 is not there (a gateway without the model files) the check is left to the worker's
 loader, which refuses such configs too.
+
+An entry may set `queue`: its jobs then go to that queue instead of their kind's (a big
+model only on the workers that have it loaded). It is the queue of the kind's jobs plus
+a dot-suffix (`gpu.generate.big` for a causal LM), so a worker's queue names still say
+what runs there.
 """
 
 import importlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -33,6 +39,15 @@ class ModelKind(StrEnum):
     CAUSAL_LM = "causal-lm"
 
 
+# The queue of the jobs that run each kind of model (embed, generate): the catalog's queues
+# for those kinds, and the prefix of a model's own queue.
+SERVING_QUEUES: Mapping[ModelKind, str] = {
+    ModelKind.EMBEDDING: "gpu.embed",
+    ModelKind.CAUSAL_LM: "gpu.generate",
+}
+QUEUE_SUFFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -44,10 +59,18 @@ class ModelEntry:
     sliding_window: int | None = None  # attention window in tokens; None: the model's own
     dtype: str = "auto"  # auto: float32 on the CPU, bfloat16 (or float16) on a GPU
     device_map: str | None = None  # "auto": spread one model over the visible GPUs
+    queue: str | None = None  # its own queue (`<kind's queue>.<suffix>`); None: the kind's
 
     def __post_init__(self) -> None:
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ConfigError(f"model '{self.name}': sliding_window must be at least 1")
+        if self.queue is not None:
+            check_queue(self.name, self.kind, self.queue)
+
+    @property
+    def serving_queue(self) -> str:
+        """The queue its embed or generate jobs go to."""
+        return self.queue or SERVING_QUEUES[self.kind]
 
 
 class ModelFileEntry(BaseModel):
@@ -66,6 +89,9 @@ class ModelFileEntry(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device_map: Literal["auto"] | None = Field(
         default=None, description='"auto": spread the model over every visible GPU'
+    )
+    queue: str | None = Field(
+        default=None, max_length=64, description="its own queue, e.g. gpu.generate.big"
     )
 
 
@@ -107,6 +133,10 @@ class ModelRegistry:
     def all(self) -> list[ModelEntry]:
         return sorted(self.entries.values(), key=lambda e: e.name)
 
+    def own_queues(self) -> set[str]:
+        """The queues models have of their own (besides the catalog's)."""
+        return {e.queue for e in self.entries.values() if e.queue is not None}
+
 
 def read_models_file(path: Path, trusted: frozenset[str]) -> tuple[ModelEntry, ...]:
     if not path.exists():
@@ -138,7 +168,20 @@ def _entry(item: ModelFileEntry, path: Path, trusted: frozenset[str]) -> ModelEn
         sliding_window=item.sliding_window,
         dtype=item.dtype,
         device_map=item.device_map,
+        queue=item.queue,
     )
+
+
+def check_queue(name: str, kind: ModelKind, queue: str) -> None:
+    """A model's own queue is its kind's queue plus a suffix: workers are started by queue
+    name, and a name that says what runs there keeps `-Q` lists readable."""
+    prefix = SERVING_QUEUES[kind] + "."
+    suffix = queue.removeprefix(prefix)
+    if suffix == queue or not QUEUE_SUFFIX.fullmatch(suffix):
+        raise ConfigError(
+            f"model '{name}': queue must be {prefix}<suffix> for a {kind.value} model "
+            "(suffix: 1-32 of a-z, 0-9, '_' and '-', starting with a letter or digit)"
+        )
 
 
 def check_sliding_window(entry: ModelEntry) -> None:

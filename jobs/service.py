@@ -79,7 +79,8 @@ class JobService:
     ) -> None:
         self.sessions = sessions
         self.publisher = publisher
-        self.dispatcher = Dispatcher(sessions, publisher)  # publish, then mark (the outbox)
+        # Publish, then mark (the outbox); the models choose the queue of embed/generate jobs.
+        self.dispatcher = Dispatcher(sessions, publisher, models)
         self.masker = masker
         self.events = events
         self.request_key = request_key

@@ -15,7 +15,7 @@ import typer
 
 from jobs.catalog import CATALOG, JobKind
 from jobs.catalog import queues as known_queues
-from jobs.registry import ModelKind, ModelRegistry
+from jobs.registry import ModelEntry, ModelKind, ModelRegistry
 from jobs.settings import get_jobs_settings
 from jobs.webhooks import WEBHOOK_QUEUE
 from seekq import logs
@@ -42,9 +42,12 @@ def run_worker(
     log_level: str,
 ) -> None:
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
-    unknown = sorted(set(wanted) - set(known_queues()))
+    known = set(known_queues())
+    if not known.issuperset(wanted):  # a model's own queue is known once it is registered
+        known |= _registry().own_queues()
+    unknown = sorted(set(wanted) - known)
     if not wanted or unknown:
-        raise typer.BadParameter(f"unknown queues {unknown}; known: {known_queues()}")
+        raise typer.BadParameter(f"unknown queues {unknown}; known: {sorted(known)}")
     pool, concurrency = _pool_for(wanted, pool, concurrency)
     _check_no_self_wait(wanted, concurrency)
     if gpu is not None:
@@ -101,18 +104,13 @@ def _check_no_self_wait(queues: list[str], concurrency: int) -> None:
 
 
 def _preload_for(queues: list[str]) -> str:
-    """Models to load at start (a JSON list): those the worker's queues run. The embedding
-    default for embed and search queues (search must answer warm), and every registered
-    causal LM for a generate queue."""
-    names = []
-    if EMBED_QUEUE in queues or SEARCH_QUEUE in queues:
-        names.append("all-MiniLM-L6-v2")
-    if GENERATE_QUEUE in queues:
-        settings = get_jobs_settings()
-        registry = ModelRegistry.load(
-            settings.resolved_models_file(get_storage_settings()), settings.trust_remote_code
-        )
-        names += [e.name for e in registry.all() if e.kind is ModelKind.CAUSAL_LM]
+    """Models to load at start (a JSON list): those the worker's queues run. A model with a
+    queue of its own loads only where that queue is consumed; otherwise the embedding
+    default for embed and search queues (search must answer warm), and every causal LM
+    for a generate queue."""
+    names = [entry.name for entry in _registry().all() if _runs_on(entry, queues)]
+    if SEARCH_QUEUE in queues and "all-MiniLM-L6-v2" not in names:
+        names.insert(0, "all-MiniLM-L6-v2")  # search embeds its queries in-process
     return json.dumps(names)
 
 
@@ -123,3 +121,19 @@ def _pin_gpu(gpu: int, pool: str) -> None:
         raise typer.BadParameter(f"--gpu needs a CUDA-safe pool ({sorted(CUDA_SAFE_POOLS)})")
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     os.environ["SEEKQ_DEVICE"] = "cuda"
+
+
+def _registry() -> ModelRegistry:
+    settings = get_jobs_settings()
+    return ModelRegistry.load(
+        settings.resolved_models_file(get_storage_settings()), settings.trust_remote_code
+    )
+
+
+def _runs_on(entry: ModelEntry, queues: list[str]) -> bool:
+    """Whether a worker on `queues` runs jobs of the model (so should load it at start)."""
+    if entry.queue is not None:
+        return entry.queue in queues
+    if entry.kind is ModelKind.CAUSAL_LM:
+        return GENERATE_QUEUE in queues
+    return entry.name == "all-MiniLM-L6-v2" and EMBED_QUEUE in queues
