@@ -1,4 +1,4 @@
-"""Vector indexes over faiss-cpu (vectors and int64 ids only; text lives in SQL).
+"""Vector indexes over faiss (vectors and int64 ids only; text lives in SQL).
 
 Kinds, and how each deletes:
 
@@ -26,6 +26,12 @@ header length, a UTF-8 JSON header `{"format": 1, "config": {...}, "trained": bo
 "faiss_bytes": n, "tombstones": t}`, then `faiss.serialize_index` of the index (the
 staging index while an IVF index is untrained) and t little-endian int64 tombstones.
 
+GPU: where faiss has GPU support (faiss-gpu), flat and IVF indexes search on a GPU copy
+of the CPU index and IVF trains its k-means there (`workers.backends.faiss_gpu`; HNSW stays
+on the CPU). The CPU index is the one that changes and is serialised, so the bytes above
+are the same with or without a GPU. GPU searches take turns (faiss's GPU objects are not
+thread-safe). `SEEKQ_FAISS_GPU=off` keeps everything on the CPU.
+
 Writers mutate a `VectorIndex` from one thread; concurrent searches on an index that
 nobody mutates are safe (faiss searches are read-only). Readers get isolation from
 versions instead (`workers.backends.index_versions`): each new version is written beside
@@ -44,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.errors import PermanentError, SpecError
 from jobs.index_specs import PARAMS_BY_TYPE
+from workers.backends.faiss_gpu import GpuReplica, train_on_gpu
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 Metric = Literal["ip", "l2"]
@@ -94,6 +101,7 @@ class VectorIndex:
         self._trained = trained
         self._ids: set[int] = set(_stored_ids(index, config, trained).tolist())
         self._tombstones: set[int] = set()
+        self._gpu = GpuReplica(config.kind)
         self._apply_search_params()
 
     @classmethod
@@ -133,6 +141,11 @@ class VectorIndex:
         """False only for an IVF index still serving from its flat staging index."""
         return self._trained
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether searches run on a GPU copy (made by the first search after a change)."""
+        return self._gpu.cloned
+
     def tune(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Change the query-time parameters (HNSW efSearch, IVF nprobe)."""
         pairs = (("ef_search", ef_search), ("nprobe", nprobe))
@@ -144,6 +157,7 @@ class VectorIndex:
         except ValidationError as error:
             raise SpecError(f"invalid search parameter: {error.errors()[0]['msg']}") from None
         self._apply_search_params()
+        self._gpu.drop()  # the GPU copy took nprobe when it was cloned
 
     # ------------------------------------------------------------ writes
 
@@ -154,6 +168,7 @@ class VectorIndex:
             raise SpecError(f"{len(ids64)} ids for {len(matrix)} vectors")
         self._index.add_with_ids(matrix, ids64)
         self._ids.update(ids64.tolist())
+        self._gpu.drop()
         if not self._trained and self.ntotal >= self.config.train_threshold:
             self._train()
 
@@ -169,6 +184,7 @@ class VectorIndex:
         else:
             self._index.remove_ids(np.fromiter(present, dtype=np.int64, count=len(present)))
             self._ids -= present
+            self._gpu.drop()
         return len(present)
 
     def rebuild(self) -> None:
@@ -180,6 +196,7 @@ class VectorIndex:
         self._index, self._trained, self._ids = fresh._index, fresh._trained, fresh._ids
         self._tombstones = set()
         self._apply_search_params()
+        self._gpu.drop()
 
     # ------------------------------------------------------------ search
 
@@ -202,7 +219,8 @@ class VectorIndex:
             params.efSearch = k
             scores, ids = self._index.search(matrix, k, params=params)
         else:
-            scores, ids = self._index.search(matrix, k)
+            on_gpu = self._gpu.search(self._index, matrix, k)
+            scores, ids = on_gpu if on_gpu is not None else self._index.search(matrix, k)
         return scores, ids
 
     def _search_past_tombstones(self, matrix: Any, k: int) -> SearchHits:
@@ -290,10 +308,14 @@ class VectorIndex:
     def _train(self) -> None:
         ids, vectors = _stored_vectors(self._index, self.config, trained=False)
         ivf = _new_faiss(self.config, trained=True)
-        ivf.train(vectors)
+        if not train_on_gpu(ivf, vectors):
+            # a GPU run that was refused may have left `ivf` half-trained
+            ivf = _new_faiss(self.config, trained=True)
+            ivf.train(vectors)
         ivf.add_with_ids(vectors, ids)
         self._index, self._trained = ivf, True
         self._apply_search_params()
+        self._gpu.drop()
 
     def _live_vectors(self) -> tuple[Any, Any]:
         ids, vectors = _stored_vectors(self._index, self.config, self._trained)
