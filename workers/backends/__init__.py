@@ -32,20 +32,35 @@ class Embedder(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class EmbedderOptions:
+    """How a worker loads an embedding model, whatever the backend."""
+
+    device: str = "cpu"  # "cpu", or "cuda" in a worker pinned to one GPU
+    batch_tokens: int = 8192  # padded tokens in one forward pass
+    max_batch: int = 128  # texts in one forward pass
+    trust_remote_code: bool = False
+    dtype: str = "auto"  # auto: float32 on the CPU, float16 on a GPU
+    # Pad each batch to a multiple of this (8 feeds fp16 Tensor Cores); None: to the
+    # longest text only. On the CPU padding only costs.
+    pad_to_multiple_of: int | None = None
+    attn_implementation: str | None = None  # None: transformers' choice (sdpa where it can)
+    compile: bool = False  # torch.compile the HF model
+    # Exported ONNX graphs and TensorRT engines (built once, reused by every worker).
+    cache_dir: Path | None = None
+    threads: int | None = None  # intra-op threads of an ONNX Runtime session
+
+
 class EmbedderLoader(Protocol):
-    def __call__(
-        self,
-        path: Path,
-        *,
-        device: str,
-        batch_tokens: int,
-        max_batch: int,
-        trust_remote_code: bool,
-    ) -> Embedder: ...
+    def __call__(self, path: Path, options: EmbedderOptions) -> Embedder: ...
 
 
+# "auto" is resolved by the worker (workers.backends.choice) before a loader is looked up.
 EMBEDDERS: dict[str, str] = {
     "hf": "workers.backends.hf:load_hf_embedder",
+    "onnx": "workers.backends.onnx:load_onnx_embedder",
+    "onnx-int8": "workers.backends.onnx:load_onnx_int8_embedder",
+    "tensorrt": "workers.backends.tensorrt:load_tensorrt_embedder",
 }
 
 

@@ -3,6 +3,11 @@
 Equivalent to sentence-transformers' Transformer + mean Pooling + Normalize pipeline, but
 batched by a token budget rather than a fixed count: texts are sorted longest first (as
 sentence-transformers does) so that each padded batch wastes little compute.
+
+On a GPU the model runs in float16 by default (`dtype` of the model's registry entry),
+batches are padded to a multiple of 8 for the Tensor Cores, attention is transformers'
+choice (SDPA where the architecture has it) unless `attn_implementation` names one
+(e.g. "flash_attention_2"), and `compile` wraps the model in `torch.compile`.
 """
 
 import json
@@ -15,9 +20,10 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from jobs.errors import ConfigError, JobCancelledError
-from workers.backends import Embeddings
+from workers.backends import EmbedderOptions, Embeddings
 
 DEFAULT_MAX_SEQ_LENGTH = 512
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class HFEmbedder:
@@ -29,12 +35,16 @@ class HFEmbedder:
         max_length: int,
         batch_tokens: int,
         max_batch: int,
+        pad_to_multiple_of: int | None = None,
+        forward: Callable[..., Any] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_tokens = batch_tokens
         self.max_batch = max_batch
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.forward = model if forward is None else forward  # torch.compile wraps it
         self.dimensions = int(model.config.hidden_size)
 
     def embed(
@@ -51,9 +61,11 @@ class HFEmbedder:
 
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], normalize: bool) -> "np.ndarray[Any, Any]":
-        encoded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        encoded = self.tokenizer.pad(
+            {"input_ids": ids}, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+        )
         inputs = {k: v.to(self.model.device) for k, v in encoded.items()}
-        hidden = self.model(**inputs).last_hidden_state
+        hidden = self.forward(**inputs).last_hidden_state
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         if normalize:
@@ -80,22 +92,39 @@ def token_batches(lengths: Sequence[int], budget: int, max_batch: int) -> Iterat
         yield batch
 
 
-def load_hf_embedder(
-    path: Path, *, device: str, batch_tokens: int, max_batch: int, trust_remote_code: bool
-) -> HFEmbedder:
+def load_hf_embedder(path: Path, options: EmbedderOptions) -> HFEmbedder:
     require_safetensors(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    trust = options.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    extra = {"attn_implementation": options.attn_implementation}
     model = AutoModel.from_pretrained(
-        path, use_safetensors=True, trust_remote_code=trust_remote_code
+        path,
+        use_safetensors=True,
+        trust_remote_code=trust,
+        dtype=embedding_dtype(options.dtype, options.device),
+        **{k: v for k, v in extra.items() if v is not None},
     )
-    model.to(device).eval()
+    model.to(options.device).eval()
     return HFEmbedder(
         model,
         tokenizer,
-        max_length=_max_seq_length(path, tokenizer),
-        batch_tokens=batch_tokens,
-        max_batch=max_batch,
+        max_length=max_seq_length(path, tokenizer),
+        batch_tokens=options.batch_tokens,
+        max_batch=options.max_batch,
+        pad_to_multiple_of=options.pad_to_multiple_of,
+        # dynamic: batch and sequence lengths vary from call to call.
+        forward=torch.compile(model, dynamic=True) if options.compile else None,
     )
+
+
+def embedding_dtype(dtype: str, device: str) -> torch.dtype:
+    """float32 on the CPU; float16 on a GPU (an embedding's few layers keep fp16's extra
+    mantissa bits over bf16); or what the registry entry names."""
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: expected auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def require_safetensors(path: Path) -> None:
@@ -109,7 +138,7 @@ def require_safetensors(path: Path) -> None:
         )
 
 
-def _max_seq_length(path: Path, tokenizer: PreTrainedTokenizerBase) -> int:
+def max_seq_length(path: Path, tokenizer: PreTrainedTokenizerBase) -> int:
     """sentence-transformers' max_seq_length when the folder has one, else the tokenizer's."""
     config = path / "sentence_bert_config.json"
     if config.exists():
