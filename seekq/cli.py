@@ -92,7 +92,20 @@ def worker(
     queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated.")] = (
         "gpu.embed,cpu.ping"
     ),
-    gpu: Annotated[int | None, typer.Option(help="Pin to this CUDA device.")] = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option(help="Pin to this CUDA device (0), or devices (0,1: device_map auto)."),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="all, or devices (0,1,3): one pinned worker process per device."),
+    ] = None,
+    per_worker: Annotated[
+        int, typer.Option(min=1, help="With --gpus: devices each worker sees (device_map auto).")
+    ] = 1,
+    drain_timeout: Annotated[
+        float, typer.Option(help="With --gpus: seconds running jobs get after SIGTERM.")
+    ] = 300.0,
     pool: Annotated[
         str,
         typer.Option(
@@ -105,10 +118,28 @@ def worker(
     name: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     log_level: str = "INFO",
 ) -> None:
-    """Run a Celery worker for the given queues (models load once per process)."""
-    from seekq.worker_command import run_worker
+    """Run a Celery worker for the given queues (models load once per process).
 
-    run_worker(queues, gpu, pool, concurrency, name, log_level)
+    `--gpu N` pins the worker to one GPU. `--gpus all` (or `--gpus 0,1,3`) runs a
+    supervisor that starts one pinned worker per GPU, restarts one that dies, and on
+    SIGTERM drains them all (running jobs finish, up to --drain-timeout seconds).
+    """
+    if gpus is None:
+        from seekq.worker_command import run_worker
+
+        run_worker(queues, gpu, pool, concurrency, name, log_level)
+        return
+    from seekq.gpu_workers import run_gpu_workers
+    from seekq.worker_command import CUDA_SAFE_POOLS
+
+    if gpu is not None or name is not None:
+        raise typer.BadParameter("--gpus names and pins each worker itself: drop --gpu/--name")
+    if pool not in {"auto", *CUDA_SAFE_POOLS}:
+        raise typer.BadParameter(f"--gpus needs a CUDA-safe pool ({sorted(CUDA_SAFE_POOLS)})")
+
+    args = ["--queues", queues, "--pool", pool, "--log-level", log_level]
+    args += ["--concurrency", str(concurrency)] if concurrency is not None else []
+    raise typer.Exit(run_gpu_workers(gpus, per_worker, drain_timeout, args, log_level))
 
 
 @db_app.command("upgrade")

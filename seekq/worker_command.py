@@ -5,9 +5,14 @@ to the model's batching engine or the embed collector and wait), and so does a w
 for the batch and webhooks queues (batch jobs wait for their lines, webhook deliveries
 for the receiver's answer); other queues run one job at a time on the solo pool.
 `--pool` overrides.
+
+`--gpu N` pins the process to one device (`--gpu 0,1`: a worker that sees both, for a
+model spread over them with device_map "auto"); `seekq worker --gpus` starts one pinned
+worker per device (seekq/gpu_workers.py).
 """
 
 import json
+import logging
 import os
 import tempfile
 
@@ -35,7 +40,7 @@ BATCH_SLOTS = 16
 
 def run_worker(
     queues: str,
-    gpu: int | None,
+    gpu: str | None,
     pool: str,
     concurrency: int | None,
     name: str | None,
@@ -50,27 +55,34 @@ def run_worker(
         raise typer.BadParameter(f"unknown queues {unknown}; known: {sorted(known)}")
     pool, concurrency = _pool_for(wanted, pool, concurrency)
     _check_no_self_wait(wanted, concurrency)
-    if gpu is not None:
-        _pin_gpu(gpu, pool)
+    devices = _pin_gpu(gpu, pool) if gpu is not None else None
     os.environ.setdefault("SEEKQ_PRELOAD_MODELS", _preload_for(wanted))
     if pool == "prefork":
         # Before anything imports prometheus_client: children write their metrics to
         # files here and the parent serves their sum (workers/multiprocess_metrics.py).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="seekq-metrics-")
     logs.configure(log_level)
+    if devices is not None:
+        logging.getLogger(__name__).info(
+            "pinned to GPU %s (CUDA_VISIBLE_DEVICES=%s)",
+            ",".join(map(str, devices)),
+            os.environ["CUDA_VISIBLE_DEVICES"],
+        )
     # Imported only now: CUDA_VISIBLE_DEVICES must be set before anything imports torch.
     from workers.app import app
 
     argv = ["worker", "-Q", ",".join(wanted), "-P", pool, "-c", str(concurrency)]
-    argv += ["-n", name or node_name(gpu, wanted), "-l", log_level, "-E"]
+    argv += ["-n", name or node_name(devices, wanted), "-l", log_level, "-E"]
     argv += ["--without-gossip", "--without-mingle"]
     app.worker_main(argv)
 
 
-def node_name(gpu: int | None, queues: list[str]) -> str:
-    """The worker's name in Flower and Celery's events: the device it is pinned to and the
-    queues it consumes, e.g. `seekq-gpu0-gpu.generate+gpu.embed@host`."""
-    device = f"gpu{gpu}" if gpu is not None else "cpu"
+def node_name(gpu: int | list[int] | None, queues: list[str]) -> str:
+    """The worker's name in Flower and Celery's events: the devices it is pinned to and the
+    queues it consumes, e.g. `seekq-gpu0-gpu.generate+gpu.embed@host` (`seekq-gpu0+1-...`
+    for a worker on two)."""
+    devices = [gpu] if isinstance(gpu, int) else gpu
+    device = "gpu" + "+".join(map(str, devices)) if devices else "cpu"
     return f"seekq-{device}-{'+'.join(queues)}@%h"
 
 
@@ -114,13 +126,32 @@ def _preload_for(queues: list[str]) -> str:
     return json.dumps(names)
 
 
-def _pin_gpu(gpu: int, pool: str) -> None:
-    if gpu < 0:
+def _pin_gpu(gpu: int | str, pool: str) -> list[int]:
+    """Make `gpu` (an index, or indices "0,1") the only devices CUDA shows this process,
+    before anything imports torch; the devices."""
+    devices = [gpu] if isinstance(gpu, int) else parse_devices(gpu, "--gpu")
+    if min(devices) < 0:
         raise typer.BadParameter("--gpu takes a device index >= 0")
     if pool not in CUDA_SAFE_POOLS:
         raise typer.BadParameter(f"--gpu needs a CUDA-safe pool ({sorted(CUDA_SAFE_POOLS)})")
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    # nvidia-smi's order (PCI bus), so `--gpu N` is the device nvidia-smi calls N.
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
     os.environ["SEEKQ_DEVICE"] = "cuda"
+    return devices
+
+
+def parse_devices(text: str, option: str) -> list[int]:
+    """Device indices written "0" or "0,1,3"."""
+    try:
+        devices = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{option} takes device indices, e.g. 0 or 0,1: {text!r}"
+        ) from None
+    if len(set(devices)) < len(devices):
+        raise typer.BadParameter(f"{option} names a device twice: {text!r}")
+    return devices
 
 
 def _registry() -> ModelRegistry:
