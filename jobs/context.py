@@ -162,6 +162,7 @@ class JobsContext:
             self.deliverer(),
             self.end_observer,
             settings.dispatch_grace_s,
+            self.models,
         )
 
     def close(self) -> None:

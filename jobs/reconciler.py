@@ -34,6 +34,7 @@ from jobs.dispatch import BrokerEpoch, Dispatcher
 from jobs.lifecycle import Claim, EndObserver
 from jobs.notify import JobEvents
 from jobs.queue import Publisher
+from jobs.registry import ModelRegistry
 from jobs.status import HELD, JobStatus
 from jobs.webhook_delivery import Deliverer
 from jobs.webhooks import WebhookOutbox
@@ -57,9 +58,11 @@ class Reconciler:
         deliverer: Deliverer | None = None,
         observer: EndObserver | None = None,
         dispatch_grace_s: float = 10.0,
+        models: ModelRegistry | None = None,
     ) -> None:
         self.sessions = sessions
-        self.dispatcher = Dispatcher(sessions, publisher)
+        # With the registry, requeued and swept jobs go to their model's own queue.
+        self.dispatcher = Dispatcher(sessions, publisher, models)
         self.dispatch_grace_s = dispatch_grace_s
         self.events = events
         self.max_attempts = max_attempts

@@ -95,14 +95,20 @@ def _pool_for(queues: list[str], pool: str, concurrency: int | None) -> tuple[st
         return pool, concurrency or 1
     if set(queues) <= WAITING_QUEUES:
         return "threads", concurrency or BATCH_SLOTS
-    if GENERATE_QUEUE not in queues and EMBED_QUEUE not in queues:
+    generates, embeds = _consumes(queues, GENERATE_QUEUE), _consumes(queues, EMBED_QUEUE)
+    if not generates and not embeds:
         return "solo", 1
     from workers.settings import get_worker_settings
 
     settings = get_worker_settings()
-    slots = settings.generate_max_batch if GENERATE_QUEUE in queues else 0
-    slots += 2 * settings.embed_collect_max_jobs if EMBED_QUEUE in queues else 0
+    slots = settings.generate_max_batch if generates else 0
+    slots += 2 * settings.embed_collect_max_jobs if embeds else 0
     return "threads", concurrency or slots
+
+
+def _consumes(queues: list[str], kind_queue: str) -> bool:
+    """The kind's queue or a model's own queue of that kind (`gpu.generate.big`)."""
+    return any(q == kind_queue or q.startswith(kind_queue + ".") for q in queues)
 
 
 def _check_no_self_wait(queues: list[str], concurrency: int) -> None:

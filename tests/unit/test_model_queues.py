@@ -212,3 +212,11 @@ def test_an_unregistered_model_queue_is_refused_and_registered_ones_are_listed()
         worker_command.run_worker("gpu.generate.huge", None, "auto", None, None, "INFO")
     assert "unknown queues ['gpu.generate.huge']" in str(refused.value)
     assert "'gpu.generate.big'" in str(refused.value)
+
+
+def test_a_model_queue_gets_the_pool_of_its_kind() -> None:
+    from seekq.worker_command import _pool_for
+
+    assert _pool_for(["gpu.generate.big"], "auto", None)[0] == "threads"
+    assert _pool_for(["gpu.embed.multilingual"], "auto", 4) == ("threads", 4)
+    assert _pool_for(["gpu.finetune"], "auto", None) == ("solo", 1)
