@@ -245,15 +245,37 @@ def flower() -> None:
 
 @app.command()
 def bench(
-    out: Annotated[Path, typer.Option(help="Markdown table to write.")] = Path(
-        "docs/benchmarks.md"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Markdown table to write [default: docs/benchmarks.md for a full run]."),
+    ] = None,
     quick: Annotated[bool, typer.Option(help="Fewer iterations (a smoke run).")] = False,
+    only: Annotated[
+        str,
+        typer.Option(help="Comma-separated row groups: Q1,Q2,E1,E2,E4,G,F1,I1,L1 (printed only)."),
+    ] = "",
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            "--gpu",
+            help="The GPU rows instead (scripts/gpu_check.sh): fp32/fp16/TensorRT embedding, "
+            "padding, faiss-gpu, decode vs the HBM roofline, pinned workers.",
+        ),
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="With --gpu: cuda, or cpu for a dry run of the same rows.")
+    ] = "cuda",
 ) -> None:
-    """Benchmarks as ratios against peers run side by side (Q1, Q2, E1, E2, G1-G3, F1, I1, F3)."""
+    """Benchmarks as ratios against peers run side by side (Q1, Q2, E1, E2, E4, G1-G3, F1,
+    I1, F3, L1)."""
+    if gpu:
+        from seekq.bench.gpu_rows import run_gpu_bench
+
+        run_gpu_bench(out or Path("docs/benchmarks-gpu.md"), device, quick, console)
+        return
     from seekq.bench import run_bench
 
-    run_bench(out, quick, console)
+    run_bench(out, quick, console, [g.strip() for g in only.split(",") if g.strip()])
 
 
 def _print_json(data: Any) -> None:

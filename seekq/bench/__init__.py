@@ -21,6 +21,9 @@ peer that runs in the same process tree, on the same Redis, in the same minute:
 - I1  chunks/s of one index job (chunk, embed through sub-jobs, FAISS version, SQL swap)
       ÷ sentence-transformers `encode` of the same chunks here (reported, no target);
 - F3  search job p50 through the queue minus the same steps (`run_search`) in-process;
+- E4  embedding sentences/s of the ONNX Runtime backends (int8 where it passes the
+      quality bar, and fp32) ÷ torch fp32 (sentence-transformers) in this process, with
+      the int8 quality (E4-q), the int8 recipe not chosen (E4-dyn) and batch-1 latency;
 - L1  LoRA (seekq's default targets and rank) against a full fine-tune of the tiny
       DeepSeek-V3 MoE on the same batches, same plain loop, in this process: trainable
       share, step time, peak training memory and stored bytes (L1-params, L1-step,
@@ -42,6 +45,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from jobs.errors import ConfigError
 from seekq.bench.embed_rows import e1_embed, e2_single_texts
 from seekq.bench.generate_rows import g_rows
 from seekq.bench.harness import FULL, QUICK, Harness, Sizes, start
@@ -53,48 +57,74 @@ __all__ = ["run_bench"]
 DEFAULT_OUT = Path("docs/benchmarks.md")
 
 
-def run_bench(out: Path, quick: bool, console: Console) -> None:
-    """Run every row (the module docstring lists them), print the table, write it to `out`."""
+GROUPS = ("Q1", "Q2", "E1", "E2", "E4", "G", "F1", "I1", "L1")
+
+
+def run_bench(out: Path | None, quick: bool, console: Console, only: Sequence[str] = ()) -> None:
+    """Run every row (the module docstring lists them), or the groups in `only`; print the
+    table and write it to `out` (the full run: docs/benchmarks.md unless told; a partial
+    run is only printed unless `out` is given)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    unknown = sorted(set(only) - set(GROUPS))
+    if unknown:
+        raise ConfigError(f"unknown bench rows {unknown}; known: {', '.join(GROUPS)}")
     sizes = QUICK if quick else FULL
     threads = _torch_threads()
     with tempfile.TemporaryDirectory(prefix="seekq-bench-") as tmp, ExitStack() as exits:
         harness = start(Path(tmp), threads, exits, console)
-        rows = _run_rows(harness, sizes, console)
+        rows = _run_rows(harness, sizes, console, set(only or GROUPS))
         facts = machine_facts(harness)
     console.print(results_table(rows))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(rows, facts, _command(out, quick)))
-    console.print(f"written to {out}")
+    if out is None and not only:
+        out = DEFAULT_OUT
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown(rows, facts, _command(out, quick, only)))
+        console.print(f"written to {out}")
     _fail_on_wrong_vectors(rows)
 
 
-def _run_rows(harness: Harness, sizes: Sizes, console: Console) -> list[Row]:
-    with console.status("Q1: ping throughput vs bare Celery..."):
-        rows = [q1_throughput(harness, sizes)]
-    with console.status("Q2: submit→result latency vs bare Celery..."):
-        rows.append(q2_latency(harness, sizes))
-    with console.status("E1: embedding via the queue vs in-process sentence-transformers..."):
-        rows.extend(e1_embed(harness, sizes))
-    with console.status("E2: single-text embed jobs micro-batched vs an ST batch-1 loop..."):
-        rows.extend(e2_single_texts(harness, sizes))
-    rows.extend(g_rows(harness, sizes, console.status))
+def _run_rows(harness: Harness, sizes: Sizes, console: Console, wanted: set[str]) -> list[Row]:
+    rows: list[Row] = []
+    if "Q1" in wanted:
+        with console.status("Q1: ping throughput vs bare Celery..."):
+            rows.append(q1_throughput(harness, sizes))
+    if "Q2" in wanted:
+        with console.status("Q2: submit→result latency vs bare Celery..."):
+            rows.append(q2_latency(harness, sizes))
+    if "E1" in wanted:
+        with console.status("E1: embedding via the queue vs in-process sentence-transformers..."):
+            rows.extend(e1_embed(harness, sizes))
+    if "E2" in wanted:
+        with console.status("E2: single-text embed jobs micro-batched vs an ST batch-1 loop..."):
+            rows.extend(e2_single_texts(harness, sizes))
+    if "E4" in wanted:
+        from seekq.bench.backend_rows import e4_rows
+
+        with console.status("E4: ONNX Runtime fp32 / int8 vs torch fp32, in this process..."):
+            cache = harness.stack.data_dir / "cache" / "onnx"
+            rows.extend(e4_rows(harness.threads, harness.settle, cache))
+    if "G" in wanted:
+        rows.extend(g_rows(harness, sizes, console.status))
     # Imported here: `python -m seekq.bench.index_rows` runs F1 alone, and would import
     # the module twice if this package imported it first.
-    from seekq.bench.index_rows import f1_index
+    if "F1" in wanted:
+        from seekq.bench.index_rows import f1_index
 
-    with console.status("F1: HNSW vs exact flat search on MiniLM embeddings..."):
-        rows.append(f1_index(harness, sizes))
-    from seekq.bench.search_rows import document_rows
+        with console.status("F1: HNSW vs exact flat search on MiniLM embeddings..."):
+            rows.append(f1_index(harness, sizes))
+    if "I1" in wanted:
+        from seekq.bench.search_rows import document_rows
 
-    with console.status("I1, F3: ingest throughput and search latency through the queue..."):
-        rows.extend(document_rows(harness, sizes))
-    from seekq.bench.finetune_rows import l1_rows
+        with console.status("I1, F3: ingest throughput and search latency through the queue..."):
+            rows.extend(document_rows(harness, sizes))
+    if "L1" in wanted:
+        from seekq.bench.finetune_rows import l1_rows
 
-    with console.status("L1: LoRA vs a full fine-tune of the tiny MoE, in this process..."):
-        rows.extend(l1_rows(sizes, harness.settle))
+        with console.status("L1: LoRA vs a full fine-tune of the tiny MoE, in this process..."):
+            rows.extend(l1_rows(sizes, harness.settle))
     return rows
 
 
@@ -105,10 +135,12 @@ def _torch_threads() -> int:
     return threads
 
 
-def _command(out: Path, quick: bool) -> str:
+def _command(out: Path, quick: bool, only: Sequence[str]) -> str:
     command = "seekq bench"
     if quick:
         command += " --quick"
+    if only:
+        command += " --only " + ",".join(only)
     if out != DEFAULT_OUT:
         command += f" --out {out}"
     return command
