@@ -61,7 +61,14 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir ".[worker]"
+# The CPU builds of onnxruntime and faiss make way for their GPU builds (same modules):
+# the CUDA and TensorRT providers for the onnx/tensorrt embedding backends, faiss-gpu for
+# flat and IVF indexes (pyproject's `gpu` extra).
+# (`pip install ".[worker,gpu]"` would put the CPU builds back: `worker` requires them).
+RUN pip install --no-cache-dir ".[worker]" \
+ && pip uninstall -y onnxruntime faiss-cpu \
+ && pip install --no-cache-dir "onnxruntime-gpu>=1.22,<2" "tensorrt-cu12>=10" \
+      "faiss-gpu-cu12>=1.11"
 
 # ------------------------------------------------------------------- worker ---
 FROM ${CUDA_IMAGE} AS worker
