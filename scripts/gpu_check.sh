@@ -42,6 +42,32 @@ step() {
 }
 done_step() { echo "-- $1: $((SECONDS - STEP_START)) s"; }
 
+# A venv that also sees python3's own packages. --system-site-packages alone reaches only
+# the base interpreter's, and the GPU machine's python3 is itself a venv (/opt/torch/.venv)
+# holding torch: a .pth file names python3's site-packages too.
+make_venv() {
+  python3 -m venv --system-site-packages "$1" || return 1
+  PY="$1/bin/python"
+  python3 -c 'import site; print("\n".join(site.getsitepackages()))' \
+    >"$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpu-check-host.pth"
+}
+
+install_from_wheelhouse() {
+  VENV=${GPU_VENV:-/tmp/seekq-gpu-venv}
+  if make_venv "$VENV"; then
+    "$PY" -m pip install -q --no-index --find-links wheelhouse -r wheelhouse/requirements.txt
+    if "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>"$OUT/pip-seekq.txt"; then
+      return
+    fi
+    echo "editable install of seekq failed ($(tail -1 "$OUT/pip-seekq.txt")): PYTHONPATH=$PWD"
+  else  # no venv module: the wheels into a folder on PYTHONPATH
+    PY=python3
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/seekq-site wheelhouse/*.whl
+    export PYTHONPATH="/tmp/seekq-site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+}
+
 # ---------------------------------------------------------------- 1. the GPU
 step "1/4 nvidia-smi"
 if [ "$DRY_RUN" = 1 ]; then
@@ -54,22 +80,14 @@ done_step "nvidia-smi"
 # ---------------------------------------------------------------- 2. installing
 step "2/4 install"
 if [ -d wheelhouse ] && ! { [ "$DRY_RUN" = 1 ] && [ -x .venv/bin/python ]; }; then
-  VENV=${GPU_VENV:-/tmp/seekq-gpu-venv}
-  python3 -m venv --system-site-packages "$VENV"
-  PY="$VENV/bin/python"
-  "$PY" -m pip install -q --no-index --find-links wheelhouse -r wheelhouse/requirements.txt
-  if ! "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>"$OUT/pip-seekq.txt"; then
-    echo "editable install of seekq failed ($(tail -1 "$OUT/pip-seekq.txt")): PYTHONPATH=$PWD"
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  fi
+  install_from_wheelhouse
   export SEEKQ_BENCH_MINILM_SHAPES="$PWD/wheelhouse/minilm"
 elif [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
   echo "using the project's .venv"
 else
   VENV=${GPU_VENV:-/tmp/seekq-gpu-venv}
-  python3 -m venv --system-site-packages "$VENV"
-  PY="$VENV/bin/python"
+  make_venv "$VENV"
   "$PY" -m pip install -q -e '.[worker,dev]'
 fi
 "$PY" - <<'EOF'
