@@ -118,6 +118,21 @@ different random streams, so every figure counts the tokens each side really pro
   `GenerationEngine` timed from tokenizing to its first stream write (the engine's share
   without the queue), and the worker engine's own first-token time from the results. The
   three sides take turns on each prompt, after three untimed prompts; p50 and p90.
+- **E4**: in the bench process, no queue. 2,000 sentences of Python standard-library
+  docstrings (`workers.backends.embed_quality.eval_texts`, seeded: real English, 30-300
+  characters, longer than E1's). Peer: sentence-transformers `encode(batch_size=64,
+  normalize_embeddings=True)` (torch fp32) with the bench's torch threads. seekq: the
+  `onnx` backend (ONNX Runtime fp32 over the cached export) and the `onnx-int8` backend
+  (8-bit weight-only, offered only past the quality bar), each length-sorted into batches
+  of at most 64 texts, ONNX Runtime with the same thread count. One untimed warm-up each,
+  then 2 alternating rounds, best kept. E4 is int8 ÷ torch (target >= 2x since int8 passes
+  the bar; when it does not, fp32 ÷ torch with target >= 1x), E4-fp32 fp32 ÷ torch.
+  **E4-q**: the int8 vectors against the fp32 ones on the same 2,000 texts: mean and min
+  cosine, and for the first 300 texts as queries the share of their 10 nearest neighbours
+  (inner product, among all 2,000) that both agree on. **E4-dyn**: the same for dynamic
+  per-channel int8 (`quantize_dynamic`, QInt8 weights, uint8 activations quantised per
+  tensor at run time), the faster recipe that fails the bar, with its speed ratio.
+  **E4-b1**: p50 over 200 texts embedded one at a time, ONNX fp32 vs `encode([text])`.
 - **F1**: in the bench process, no queue: `workers.backends.vector_index.VectorIndex`
   (faiss-cpu) over 50,000 (`--quick`: 5,000, reported without a verdict) normalised
   all-MiniLM-L6-v2 embeddings of seeded synthetic sentences of 6-12 words from a
@@ -193,8 +208,19 @@ then reads the whole row. E1 adds, per job: the 64 texts stored twice (job spec 
 audit event), and the 64 vectors stored in the JSON result as base64 little-endian
 float32 (`vectors_base64`: 2,048 characters per 384-dimension vector, about 130 KB per
 job), read back with `JobService.get` within the timing; decoding them to floats is not
-timed. The worker's forward passes are its own (`workers/backends/hf.py`: transformers
-with mean pooling), one padded batch per 64-text job, as in E1's peer.
+timed. The worker's forward passes are its own: on the CPU the `onnx` backend
+(`workers/backends/onnx.py`: ONNX Runtime over an export of the model with mean pooling),
+one padded batch per 64-text job, as in E1's peer.
+
+## GPU rows
+
+`seekq bench --gpu` (run by `scripts/gpu_check.sh` on a GPU machine) writes its own table,
+docs/benchmarks-gpu.md, with its method: torch fp32 / fp16 / TensorRT embedding latency
+and throughput, fp16 with and without padding to a multiple of 8, faiss-gpu vs faiss-cpu
+flat search on 1M x 384, decode tokens/s against the HBM roofline, pinned workers. Not
+measured yet: no GPU machine was lent to the session that wrote them; the CPU dry run
+(`bash scripts/gpu_check.sh --dry-run`) is in docs/benchmarks-gpu-dryrun.md, and is not
+GPU numbers.
 """
 
 
