@@ -39,7 +39,7 @@ best round (noise only ever slows a run down).
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -88,44 +88,59 @@ def run_bench(out: Path | None, quick: bool, console: Console, only: Sequence[st
 
 def _run_rows(harness: Harness, sizes: Sizes, console: Console, wanted: set[str]) -> list[Row]:
     rows: list[Row] = []
-    if "Q1" in wanted:
-        with console.status("Q1: ping throughput vs bare Celery..."):
-            rows.append(q1_throughput(harness, sizes))
-    if "Q2" in wanted:
-        with console.status("Q2: submit→result latency vs bare Celery..."):
-            rows.append(q2_latency(harness, sizes))
-    if "E1" in wanted:
-        with console.status("E1: embedding via the queue vs in-process sentence-transformers..."):
-            rows.extend(e1_embed(harness, sizes))
-    if "E2" in wanted:
-        with console.status("E2: single-text embed jobs micro-batched vs an ST batch-1 loop..."):
-            rows.extend(e2_single_texts(harness, sizes))
-    if "E4" in wanted:
-        from seekq.bench.backend_rows import e4_rows
-
-        with console.status("E4: ONNX Runtime fp32 / int8 vs torch fp32, in this process..."):
-            cache = harness.stack.data_dir / "cache" / "onnx"
-            rows.extend(e4_rows(harness.threads, harness.settle, cache))
-    if "G" in wanted:
-        rows.extend(g_rows(harness, sizes, console.status))
-    # Imported here: `python -m seekq.bench.index_rows` runs F1 alone, and would import
-    # the module twice if this package imported it first.
-    if "F1" in wanted:
-        from seekq.bench.index_rows import f1_index
-
-        with console.status("F1: HNSW vs exact flat search on MiniLM embeddings..."):
-            rows.append(f1_index(harness, sizes))
-    if "I1" in wanted:
-        from seekq.bench.search_rows import document_rows
-
-        with console.status("I1, F3: ingest throughput and search latency through the queue..."):
-            rows.extend(document_rows(harness, sizes))
-    if "L1" in wanted:
-        from seekq.bench.finetune_rows import l1_rows
-
-        with console.status("L1: LoRA vs a full fine-tune of the tiny MoE, in this process..."):
-            rows.extend(l1_rows(sizes, harness.settle))
+    for group, status, run in _row_groups(console):
+        if group not in wanted:
+            continue
+        if status is None:  # the G rows show their own status lines
+            rows.extend(run(harness, sizes))
+            continue
+        with console.status(status):
+            rows.extend(run(harness, sizes))
     return rows
+
+
+RowGroup = tuple[str, str | None, Callable[[Harness, Sizes], Sequence[Row]]]
+
+
+def _row_groups(console: Console) -> list[RowGroup]:
+    return [
+        ("Q1", "Q1: ping throughput vs bare Celery...", lambda h, s: [q1_throughput(h, s)]),
+        ("Q2", "Q2: submit→result latency vs bare Celery...", lambda h, s: [q2_latency(h, s)]),
+        ("E1", "E1: embedding via the queue vs in-process sentence-transformers...", e1_embed),
+        ("E2", "E2: single-text embed jobs micro-batched vs ST batch 1...", e2_single_texts),
+        ("E4", "E4: ONNX Runtime fp32 / int8 vs torch fp32, in this process...", _e4),
+        ("G", None, lambda h, s: g_rows(h, s, console.status)),
+        ("F1", "F1: HNSW vs exact flat search on MiniLM embeddings...", _f1),
+        ("I1", "I1, F3: ingest throughput and search latency through the queue...", _i1),
+        ("L1", "L1: LoRA vs a full fine-tune of the tiny MoE, in this process...", _l1),
+    ]
+
+
+# Imported when their rows run: `python -m seekq.bench.index_rows` runs F1 alone, and would
+# import the module twice if this package imported it first.
+def _e4(harness: Harness, sizes: Sizes) -> list[Row]:
+    from seekq.bench.backend_rows import e4_rows
+
+    cache = harness.stack.data_dir / "cache" / "onnx"
+    return e4_rows(harness.threads, harness.settle, cache)
+
+
+def _f1(harness: Harness, sizes: Sizes) -> list[Row]:
+    from seekq.bench.index_rows import f1_index
+
+    return [f1_index(harness, sizes)]
+
+
+def _i1(harness: Harness, sizes: Sizes) -> list[Row]:
+    from seekq.bench.search_rows import document_rows
+
+    return document_rows(harness, sizes)
+
+
+def _l1(harness: Harness, sizes: Sizes) -> list[Row]:
+    from seekq.bench.finetune_rows import l1_rows
+
+    return l1_rows(sizes, harness.settle)
 
 
 def _torch_threads() -> int:

@@ -26,7 +26,34 @@ DEFAULT_MAX_SEQ_LENGTH = 512
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class HFEmbedder:
+class TokenBatched:
+    """Tokenise, sort longest first, run batches of at most `batch_tokens` padded tokens
+    and `max_batch` texts through `_forward`; the vectors in input order. Shared by the
+    HF and ONNX Runtime backends, which differ only in `_forward`."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    batch_tokens: int
+    max_batch: int
+    dimensions: int
+
+    def embed(
+        self, texts: Sequence[str], normalize: bool, should_stop: Callable[[], bool]
+    ) -> Embeddings:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        counts = [len(row) for row in ids]
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for batch in token_batches(counts, self.batch_tokens, self.max_batch):
+            if should_stop():
+                raise JobCancelledError("stopped between batches")
+            vectors[batch] = self._forward([ids[i] for i in batch], normalize)
+        return Embeddings(vectors=vectors, token_counts=counts)
+
+    def _forward(self, ids: list[list[int]], normalize: bool) -> "np.ndarray[Any, Any]":
+        raise NotImplementedError
+
+
+class HFEmbedder(TokenBatched):
     def __init__(
         self,
         model: PreTrainedModel,
@@ -46,18 +73,6 @@ class HFEmbedder:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.forward = model if forward is None else forward  # torch.compile wraps it
         self.dimensions = int(model.config.hidden_size)
-
-    def embed(
-        self, texts: Sequence[str], normalize: bool, should_stop: Callable[[], bool]
-    ) -> Embeddings:
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        counts = [len(row) for row in ids]
-        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for batch in token_batches(counts, self.batch_tokens, self.max_batch):
-            if should_stop():
-                raise JobCancelledError("stopped between batches")
-            vectors[batch] = self._forward([ids[i] for i in batch], normalize)
-        return Embeddings(vectors=vectors, token_counts=counts)
 
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], normalize: bool) -> "np.ndarray[Any, Any]":

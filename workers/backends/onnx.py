@@ -13,7 +13,6 @@ measured numbers, and the operator keeps `onnx` (float32).
 
 import logging
 import os
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ import numpy as np
 import onnxruntime as ort
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from jobs.errors import ConfigError, JobCancelledError
+from jobs.errors import ConfigError
 from storage.settings import get_storage_settings
-from workers.backends import EmbedderOptions, Embeddings
-from workers.backends.hf import max_seq_length, require_safetensors, token_batches
+from workers.backends import EmbedderOptions
+from workers.backends.hf import TokenBatched, max_seq_length, require_safetensors
 from workers.backends.onnx_export import Export, cache_key, cached_export, export_embedding_model
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(TokenBatched):
     def __init__(
         self,
         session: ort.InferenceSession,
@@ -54,19 +53,7 @@ class OnnxEmbedder:
         self.max_batch = max_batch
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def embed(
-        self, texts: Sequence[str], normalize: bool, should_stop: Callable[[], bool]
-    ) -> Embeddings:
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        counts = [len(row) for row in ids]
-        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for batch in token_batches(counts, self.batch_tokens, self.max_batch):
-            if should_stop():
-                raise JobCancelledError("stopped between batches")
-            vectors[batch] = self._run([ids[i] for i in batch], normalize)
-        return Embeddings(vectors=vectors, token_counts=counts)
-
-    def _run(self, ids: list[list[int]], normalize: bool) -> "np.ndarray[Any, Any]":
+    def _forward(self, ids: list[list[int]], normalize: bool) -> "np.ndarray[Any, Any]":
         encoded = self.tokenizer.pad(
             {"input_ids": ids}, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="np"
         )
