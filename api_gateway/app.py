@@ -45,7 +45,8 @@ def create_app(
             settings.rate_limit_burst,
             metrics.registry,
         )
-        metrics.watch_queues(app.state.context.redis, app.state.context.sessions)
+        ctx = app.state.context
+        metrics.watch_queues(ctx.redis, ctx.sessions, ctx.models.own_queues())
         yield
         await app.state.stream_redis.aclose()
         await app.state.rate_limiter.close()

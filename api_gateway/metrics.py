@@ -12,6 +12,7 @@ never collide.
 """
 
 import time
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis import Redis
@@ -43,9 +44,11 @@ class GatewayMetrics:
         )
         self._queues: QueueDepth | None = None
 
-    def watch_queues(self, redis: Redis, sessions: sessionmaker[Session]) -> None:
+    def watch_queues(
+        self, redis: Redis, sessions: sessionmaker[Session], extra: Iterable[str] = ()
+    ) -> None:
         if self._queues is None:
-            self._queues = QueueDepth(redis)
+            self._queues = QueueDepth(redis, extra)
             self.registry.register(self._queues)
             self.registry.register(QueuedJobs(sessions))
 

@@ -2,7 +2,7 @@
 waiting in each Redis queue, LLEN; exported by the gateway and every worker) and, from
 SQL, queued jobs and the age of the oldest per kind (the gateway)."""
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,14 +18,18 @@ from storage.repos import JobRepo
 
 
 class QueueDepth(Collector):
-    def __init__(self, redis: Redis) -> None:
+    """`extra`: queues besides the catalog's, e.g. those models have of their own
+    (`ModelRegistry.own_queues`), so their backlog is seen and can be scaled on."""
+
+    def __init__(self, redis: Redis, extra: Iterable[str] = ()) -> None:
         self.redis = redis
+        self.names = sorted(set(queues()) | set(extra))
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "seekq_queue_depth", "Messages waiting in each Redis queue.", labels=["queue"]
         )
-        names = queues()
+        names = self.names
         try:
             pipe = self.redis.pipeline(transaction=False)
             for name in names:

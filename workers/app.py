@@ -76,7 +76,8 @@ class WorkerState:
         self.cancels = CancelWatch(self.context.redis)
         self.metrics = GenerationMetrics()
         job_metrics = JobMetrics(self.metrics.registry)
-        self.metrics.registry.register(QueueDepth(self.context.redis))
+        own_queues = self.context.models.own_queues()
+        self.metrics.registry.register(QueueDepth(self.context.redis, own_queues))
         self.metrics.registry.register(GpuCollector())
         self.context.end_observer = job_metrics.observe_end
         if settings.metrics_port is not None and not multiprocess_metrics.enabled():

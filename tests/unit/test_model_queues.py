@@ -220,3 +220,25 @@ def test_a_model_queue_gets_the_pool_of_its_kind() -> None:
     assert _pool_for(["gpu.generate.big"], "auto", None)[0] == "threads"
     assert _pool_for(["gpu.embed.multilingual"], "auto", 4) == ("threads", 4)
     assert _pool_for(["gpu.finetune"], "auto", None) == ("solo", 1)
+
+
+def test_a_models_own_queue_has_its_depth_metric() -> None:
+    import uuid
+
+    import redis
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from jobs.queue_depth import QueueDepth
+    from tests.conftest import REDIS_DB_BASE, redis_url
+
+    queue = f"gpu.generate.t{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url(REDIS_DB_BASE))
+    registry = CollectorRegistry()
+    registry.register(QueueDepth(client, {queue}))
+    try:
+        client.rpush(queue, "a", "b", "c")
+        text = generate_latest(registry).decode()
+    finally:
+        client.delete(queue)
+    assert f'seekq_queue_depth{{queue="{queue}"}} 3.0' in text
+    assert 'seekq_queue_depth{queue="gpu.generate"}' in text
