@@ -11,6 +11,7 @@ choice (SDPA where the architecture has it) unless `attn_implementation` names o
 """
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ DEFAULT_MAX_SEQ_LENGTH = 512
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class TokenBatched:
+class TokenBatched(ABC):
     """Tokenise, sort longest first, run batches of at most `batch_tokens` padded tokens
     and `max_batch` texts through `_forward`; the vectors in input order. Shared by the
     HF and ONNX Runtime backends, which differ only in `_forward`."""
@@ -49,8 +50,9 @@ class TokenBatched:
             vectors[batch] = self._forward([ids[i] for i in batch], normalize)
         return Embeddings(vectors=vectors, token_counts=counts)
 
+    @abstractmethod
     def _forward(self, ids: list[list[int]], normalize: bool) -> "np.ndarray[Any, Any]":
-        raise NotImplementedError
+        """One padded batch of token ids -> its pooled vectors (float32)."""
 
 
 class HFEmbedder(TokenBatched):
